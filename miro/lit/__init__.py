@@ -1,0 +1,1 @@
+"""Lightning glue: the training module, EMA and callbacks."""

@@ -1,0 +1,119 @@
+"""Training callbacks: throughput in the progress bar, sample grids, and the final safetensors export."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities import rank_zero_only
+from omegaconf import DictConfig, OmegaConf
+
+from miro.pipeline import generate_images, image_grid, target_values
+from miro.pretrained import save_pretrained
+
+log = logging.getLogger(__name__)
+
+
+class ImagesPerSecond(L.Callback):
+    """Shows images/s in the progress bar and logs progress in images seen (kimg, as edm2 counts it)."""
+
+    def __init__(self) -> None:
+        self._last: float | None = None
+        self.images_seen = 0
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
+        self._last = time.perf_counter()
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        n = len(batch["caption"]) * trainer.world_size
+        self.images_seen = trainer.global_step * n
+        if self._last is not None:
+            dt = max(time.perf_counter() - self._last, 1e-9)
+            pl_module.log("train/img_s", n / dt, prog_bar=True, on_step=True, batch_size=n)
+        pl_module.log("train/kimg", self.images_seen / 1000.0, on_step=True, batch_size=n)
+
+
+class SampleGrid(L.Callback):
+    """Every ``every_n_steps``, sample fixed prompts with fixed seeds at high and at low reward targets
+    (EMA weights) and log the grid to TensorBoard and as a PNG: the quickest way to see whether a run
+    learns, and whether the reward conditioning does anything."""
+
+    def __init__(
+        self, prompts: list[str], every_n_steps: int = 500, steps: int = 25, guidance: float = 1.0,
+        high: float = 10.0, low: float = 0.0, seed: int = 0, out_dir: str | None = None,
+    ) -> None:
+        self.prompts = list(prompts)
+        self.every_n_steps = every_n_steps
+        self.steps, self.guidance, self.high, self.low, self.seed = steps, guidance, high, low, seed
+        self.out_dir = Path(out_dir) if out_dir else None
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if self.every_n_steps > 0 and trainer.global_step % self.every_n_steps == 0:
+            self.log_grid(trainer, pl_module)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.log_grid(trainer, pl_module)
+
+    @rank_zero_only
+    @torch.no_grad()
+    def log_grid(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        rows = []
+        names = pl_module.reward_names
+        levels = [self.high, self.low] if names else [None]
+        for level in levels:
+            pos = target_values(names, {}, default=level) if names else None
+            neg = target_values(names, {}, default=0.0) if names else None
+            rows.append(
+                generate_images(
+                    pl_module.ema_model, lambda c: pl_module.encode_text(c, ema=True), self.prompts,
+                    image_size=trainer.datamodule.image_size, positive=pos, negative=neg, guidance=self.guidance,
+                    steps=self.steps, seed=self.seed, vae=pl_module.vae, device=pl_module.device,
+                )
+            )
+        grid = image_grid(torch.cat(rows), ncol=len(self.prompts))
+        step = trainer.global_step
+        for logger in trainer.loggers:
+            experiment = getattr(logger, "experiment", None)
+            if hasattr(experiment, "add_image"):
+                experiment.add_image("samples/high_then_low_targets", grid, step)
+        if self.out_dir is not None:
+            from PIL import Image
+
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(grid.permute(1, 2, 0).numpy()).save(self.out_dir / f"step_{step:07d}.png")
+
+
+class ExportPretrained(L.Callback):
+    """At the end of training, write the EMA weights as safetensors plus config.json (miro.pretrained)."""
+
+    def __init__(
+        self, out_dir: str, text_encoder: DictConfig | dict, vae: DictConfig | dict | None = None,
+        sampling: DictConfig | dict | None = None,
+    ) -> None:
+        self.out_dir = out_dir
+        self.text_encoder_config = _plain(text_encoder)
+        self.vae_config = _plain(vae) if vae else None
+        self.sampling = _plain(sampling) if sampling else {}
+
+    @rank_zero_only
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        dm = trainer.datamodule
+        text_encoder = pl_module.ema_text_encoder if pl_module.ema_text_encoder is not None else pl_module.text_encoder
+        path = save_pretrained(
+            self.out_dir, pl_module.ema_model, text_encoder, self.text_encoder_config, pl_module.reward_names,
+            getattr(dm, "bins", None), dm.image_size, self.sampling,
+            vae_config=self.vae_config, extra={"training": {"global_step": trainer.global_step}},
+        )
+        log.info("exported EMA weights to %s", path)
+
+
+def _plain(cfg: DictConfig | dict | None) -> dict:
+    return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg or {})

@@ -1,0 +1,136 @@
+"""The LightningModule that trains a reward-conditioned flow-matching DiT.
+
+It owns the training loop's decisions (loss, optimiser, schedule, EMA) and nothing else: the network is
+``miro.models``, the flow math is ``miro.flow``, the data is ``miro.data``. Randomness in a step (timesteps
+and noise) comes from a generator seeded by (seed, rank, global step), so a resumed run continues
+exactly like an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from miro.data.datamodule import step_seed
+from miro.flow.path import interpolate, sample_timesteps, velocity_target
+from miro.lit.ema import ema_decay_at, update_ema
+
+
+def warmup_cosine(step: int, warmup_steps: int, total_steps: int, min_ratio: float) -> float:
+    """Learning-rate multiplier: linear warm-up, then cosine decay to ``min_ratio`` at ``total_steps``."""
+    if warmup_steps > 0 and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if total_steps <= warmup_steps:
+        return 1.0
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+class MiroModule(L.LightningModule):
+    def __init__(
+        self,
+        model: nn.Module,
+        text_encoder: nn.Module,
+        reward_names: Sequence[str] = (),
+        vae: nn.Module | None = None,
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        weight_decay: float = 0.01,
+        warmup_steps: int = 500,
+        total_steps: int = 100_000,
+        min_lr_ratio: float = 0.0,
+        t_mean: float = 0.0,
+        t_std: float = 1.0,
+        t_shift: float = 1.0,
+        ema_decay: float = 0.999,
+        ema_warmup: bool = True,
+        compile: bool = False,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.text_encoder = text_encoder
+        self.vae = vae
+        self.reward_names = list(reward_names)
+        self.hp = dict(
+            lr=lr, betas=tuple(betas), weight_decay=weight_decay, warmup_steps=warmup_steps,
+            total_steps=total_steps, min_lr_ratio=min_lr_ratio, t_mean=t_mean, t_std=t_std, t_shift=t_shift,
+            ema_decay=ema_decay, ema_warmup=ema_warmup, seed=seed,
+        )
+        self.ema_model = copy.deepcopy(model).requires_grad_(False).eval()
+        self.text_trainable = bool(getattr(text_encoder, "trainable", False))
+        if not self.text_trainable:
+            self.text_encoder.requires_grad_(False).eval()
+        self.ema_text_encoder = (
+            copy.deepcopy(text_encoder).requires_grad_(False).eval() if self.text_trainable else None
+        )
+        if vae is not None:
+            self.vae.requires_grad_(False).eval()
+        # Not registered as a submodule: the compiled wrapper must not add a second copy of the weights
+        # to the state dict.
+        object.__setattr__(self, "_forward", torch.compile(self.model) if compile else self.model)
+
+    # ----------------------------------------------------------------------------------------------
+    def encode_text(self, captions: list[str], ema: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        encoder = self.ema_text_encoder if (ema and self.ema_text_encoder is not None) else self.text_encoder
+        if self.text_trainable and not ema:
+            return encoder(captions)
+        with torch.no_grad():
+            return encoder(captions)
+
+    def to_latents(self, images: torch.Tensor) -> torch.Tensor:
+        if self.vae is None:
+            return images
+        with torch.no_grad():
+            return self.vae.encode(images)
+
+    def flow_loss(self, batch: dict[str, Any], generator: torch.Generator) -> torch.Tensor:
+        x0 = self.to_latents(batch["image"])
+        tokens, mask = self.encode_text(batch["caption"])
+        n = x0.shape[0]
+        t = sample_timesteps(
+            n, self.hp["t_mean"], self.hp["t_std"], self.hp["t_shift"], generator=generator, device=x0.device
+        )
+        noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+        x_t = interpolate(x0, noise, t)
+        rewards = batch["rewards"] if self.reward_names else None
+        reward_mask = batch["reward_mask"] if self.reward_names else None
+        v = self._forward(x_t, t, tokens, mask, rewards, reward_mask)
+        return F.mse_loss(v.float(), velocity_target(x0, noise).float())
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        gen = torch.Generator(device=self.device).manual_seed(
+            step_seed(self.hp["seed"], self.global_rank, self.global_step)
+        )
+        loss = self.flow_loss(batch, gen)
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["caption"]))
+        return loss
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        decay = ema_decay_at(self.global_step - 1, self.hp["ema_decay"], self.hp["ema_warmup"])
+        update_ema(self.ema_model, self.model, decay)
+        if self.ema_text_encoder is not None:
+            update_ema(self.ema_text_encoder, self.text_encoder, decay)
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if self.text_trainable:
+            params += [p for p in self.text_encoder.parameters() if p.requires_grad]
+        decay = [p for p in params if p.ndim >= 2]
+        no_decay = [p for p in params if p.ndim < 2]
+        optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": self.hp["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=self.hp["lr"], betas=self.hp["betas"], fused=torch.cuda.is_available() and self.device.type == "cuda",
+        )
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer,
+            lambda step: warmup_cosine(step, self.hp["warmup_steps"], self.hp["total_steps"], self.hp["min_lr_ratio"]),
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}

@@ -1,0 +1,207 @@
+"""Generation: captions + requested reward levels -> images, with multi-reward guidance.
+
+The user-facing scale for reward targets is 0..10 (10 = the top bin). The model is conditioned on
+values in [0, 1]; ``value = target / 10``. The negative branch defaults to every reward at 0, the same
+caption in both branches (MIRO's setting); an empty or user negative prompt is an option.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+from torch import nn
+
+from miro.flow.guidance import guided_velocity_fn
+from miro.flow.sampling import sample_euler
+from miro.pretrained import Pretrained, load_pretrained
+
+TARGET_MAX = 10.0
+EncodeText = Callable[[list[str]], tuple[torch.Tensor, torch.Tensor]]
+
+
+class RewardSpecError(ValueError):
+    """A malformed or invalid ``--rewards`` specification; the message says which part and why."""
+
+
+def parse_reward_spec(spec: str | Mapping[str, float] | None, valid_names: Sequence[str]) -> dict[str, float]:
+    """``"aesthetic=9,pick=8"`` (or a mapping) -> {canonical name: target in [0, 10]}.
+
+    Names may be aliases of registered rewards; each must be one of the model's ``valid_names``.
+    """
+    if spec is None or spec == "":
+        return {}
+    if isinstance(spec, Mapping):
+        items = [(str(k), v) for k, v in spec.items()]
+    else:
+        items = []
+        for part in (p.strip() for p in spec.split(",")):
+            match = re.fullmatch(r"([A-Za-z_][\w-]*)\s*=\s*([^=\s]+)", part)
+            if match is None:
+                raise RewardSpecError(f"malformed reward target {part!r}: expected NAME=VALUE, e.g. aesthetic=9")
+            items.append((match.group(1), match.group(2)))
+    out: dict[str, float] = {}
+    for name, raw in items:
+        canonical = canonical_reward_name(name, valid_names)
+        try:
+            value = float(raw)
+        except (TypeError, ValueError):
+            raise RewardSpecError(f"reward target for {name!r} is not a number: {raw!r}") from None
+        if not 0.0 <= value <= TARGET_MAX:
+            raise RewardSpecError(f"reward target for {name!r} must be between 0 and {TARGET_MAX:g}, got {value:g}")
+        out[canonical] = value
+    return out
+
+
+def canonical_reward_name(name: str, valid_names: Sequence[str]) -> str:
+    """A model reward name from a name or registered alias; an error listing the valid ones otherwise."""
+    from miro.rewards.base import UnknownRewardError, resolve_name
+
+    key = name.strip().lower()
+    if key in valid_names:
+        return key
+    try:
+        canonical = resolve_name(key)
+    except UnknownRewardError:
+        canonical = None
+    if canonical in valid_names:
+        return canonical
+    raise RewardSpecError(f"unknown reward {name!r} for this model; valid rewards: {', '.join(valid_names) or 'none'}")
+
+
+def target_values(reward_names: Sequence[str], targets: Mapping[str, float], default: float = TARGET_MAX) -> torch.Tensor:
+    """{name: target 0..10} -> conditioning values [R] in [0, 1]; unnamed rewards get ``default``."""
+    return torch.tensor([targets.get(n, default) / TARGET_MAX for n in reward_names], dtype=torch.float32)
+
+
+@torch.no_grad()
+def generate_images(
+    model: nn.Module,
+    encode_text: EncodeText,
+    prompts: Sequence[str],
+    image_size: int,
+    positive: torch.Tensor | None = None,
+    negative: torch.Tensor | None = None,
+    guidance: float = 1.5,
+    steps: int = 25,
+    shift: float = 1.0,
+    seed: int | Sequence[int] = 0,
+    negative_prompts: Sequence[str] | None = None,
+    vae: nn.Module | None = None,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
+    """Sample one image per prompt -> uint8 [B, 3, H, W].
+
+    ``positive``/``negative``: reward values [R] or [B, R] in [0, 1] (None for a model without
+    rewards). ``seed``: one int (image i uses seed + i) or one seed per prompt, so every image can be
+    reproduced on its own.
+    """
+    device = torch.device(device)
+    prompts = list(prompts)
+    b = len(prompts)
+    seeds = [seed + i for i in range(b)] if isinstance(seed, int) else list(seed)
+    if len(seeds) != b:
+        raise ValueError(f"{len(seeds)} seeds for {b} prompts")
+    channels = getattr(model, "in_channels", 3)
+    size = getattr(model, "image_size", image_size)
+    noise = torch.stack([
+        torch.randn(channels, size, size, generator=torch.Generator().manual_seed(int(s))) for s in seeds
+    ]).to(device)
+    tokens, mask = encode_text(prompts)
+    neg_tokens = neg_mask = None
+    if negative_prompts is not None:
+        neg_tokens, neg_mask = encode_text(list(negative_prompts))
+    rewards = neg_rewards = reward_mask = None
+    if positive is not None:
+        rewards = positive.to(device).float().expand(b, -1) if positive.ndim == 1 else positive.to(device).float()
+        reward_mask = torch.ones_like(rewards, dtype=torch.bool)
+        neg = negative if negative is not None else torch.zeros_like(positive)
+        neg_rewards = neg.to(device).float().expand(b, -1) if neg.ndim == 1 else neg.to(device).float()
+    use_guidance = guidance != 0 and (rewards is not None or neg_tokens is not None)
+    velocity = guided_velocity_fn(
+        model, tokens, mask, rewards, reward_mask, scale=guidance if use_guidance else 0.0,
+        neg_rewards=neg_rewards, neg_text_tokens=neg_tokens, neg_text_mask=neg_mask,
+    )
+    x = sample_euler(velocity, noise, steps=steps, shift=shift)
+    if vae is not None:
+        x = vae.decode(x)
+    return to_uint8(x)
+
+
+def to_uint8(x: torch.Tensor) -> torch.Tensor:
+    """Model space [-1, 1] -> uint8 on CPU."""
+    return ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
+
+
+def image_grid(images: torch.Tensor, ncol: int, pad: int = 2, upscale: int = 1) -> torch.Tensor:
+    """uint8 [N, 3, H, W] -> one uint8 [3, H', W'] grid (white padding), optionally upscaled (nearest)."""
+    if upscale > 1:
+        images = images.repeat_interleave(upscale, dim=2).repeat_interleave(upscale, dim=3)
+    n, c, h, w = images.shape
+    nrow = (n + ncol - 1) // ncol
+    grid = torch.full((c, nrow * (h + pad) + pad, ncol * (w + pad) + pad), 255, dtype=torch.uint8)
+    for i in range(n):
+        r, k = divmod(i, ncol)
+        grid[:, pad + r * (h + pad) : pad + r * (h + pad) + h, pad + k * (w + pad) : pad + k * (w + pad) + w] = images[i]
+    return grid
+
+
+def to_pil(images: torch.Tensor) -> list[Image.Image]:
+    return [Image.fromarray(img.permute(1, 2, 0).numpy()) for img in images]
+
+
+class MiroPipeline:
+    """``MiroPipeline.from_pretrained(path)(prompts, rewards={"aesthetic": 9})`` -> list of PIL images."""
+
+    def __init__(self, pretrained: Pretrained, device: str | torch.device = "cpu") -> None:
+        self.pretrained = pretrained.to(device)
+        self.device = torch.device(device)
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu") -> MiroPipeline:
+        return cls(load_pretrained(path, device=device), device)
+
+    @property
+    def reward_names(self) -> list[str]:
+        return self.pretrained.reward_names
+
+    def encode_text(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.no_grad():
+            return self.pretrained.text_encoder(captions)
+
+    def __call__(
+        self,
+        prompts: str | Sequence[str],
+        rewards: Mapping[str, float] | str | None = None,
+        negative_rewards: Mapping[str, float] | str | None = None,
+        guidance: float | None = None,
+        steps: int | None = None,
+        seed: int | Sequence[int] = 0,
+        negative_prompt: str | None = None,
+        output: str = "pil",
+    ) -> list[Image.Image] | torch.Tensor:
+        """Generate one image per prompt. ``rewards``: targets 0..10 by name (unnamed: 10);
+        ``negative_rewards``: the negative branch's targets (unnamed: 0). ``output="tensor"`` returns
+        uint8 [B, 3, H, W]."""
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        names = self.reward_names
+        pos = neg = None
+        if names:
+            pos = target_values(names, parse_reward_spec(rewards, names), default=TARGET_MAX)
+            neg = target_values(names, parse_reward_spec(negative_rewards, names), default=0.0)
+        elif rewards:
+            raise RewardSpecError("this model was trained without reward conditioning; do not pass rewards")
+        sampling = self.pretrained.sampling
+        images = generate_images(
+            self.pretrained.model, self.encode_text, prompts, self.pretrained.image_size, pos, neg,
+            guidance=sampling.get("guidance", 1.5) if guidance is None else guidance,
+            steps=sampling.get("steps", 25) if steps is None else steps,
+            shift=sampling.get("shift", 1.0), seed=seed,
+            negative_prompts=[negative_prompt] * len(prompts) if negative_prompt is not None else None,
+            vae=self.pretrained.vae, device=self.device,
+        )
+        return images if output == "tensor" else to_pil(images)

@@ -1,0 +1,68 @@
+"""Score shards with rewards: ``python -m data_prep.score_shards input=... output=... rewards=[a,b]``.
+
+Config: ``conf/score.yaml`` (rewards: the group ``conf/rewards``). The work happens in
+:mod:`miro.scoring`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from omegaconf import DictConfig
+from rich.progress import BarColumn, Progress, ProgressColumn, Task, TextColumn, TimeElapsedColumn
+from rich.text import Text
+
+from data_prep import CONSOLE, require, run_stage
+from miro.rewards.base import RewardModel
+from miro.scoring import (
+    RunSummary,
+    build_rewards,
+    device_for_rank,
+    dist_rank_world,
+    reward_specs,
+    score_shards,
+)
+
+
+class _Rate(ProgressColumn):
+    def render(self, task: Task) -> Text:
+        return Text(f"{task.speed:,.0f} samples/s" if task.speed else "- samples/s")
+
+
+def _score(cfg: DictConfig, rewards: Mapping[str, RewardModel], rank: int, world: int) -> RunSummary:
+    kwargs = dict(
+        inputs=cfg.input, output_dir=cfg.output, rewards=rewards, batch_size=int(cfg.batch_size),
+        report_dir=cfg.report_dir, recompute=bool(cfg.recompute), rank=rank, world_size=world,
+    )
+    if not cfg.progress or rank != 0:
+        return score_shards(**kwargs)
+    columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed:,.0f} samples"),
+               _Rate(), TimeElapsedColumn())
+    with Progress(*columns, console=CONSOLE) as bar:
+        task = bar.add_task("scoring", total=None)
+        return score_shards(
+            **kwargs,
+            on_samples=lambda n: bar.advance(task, n),
+            on_shard=lambda i, total, name: bar.update(task, description=f"shard {i + 1}/{total} {name}"),
+        )
+
+
+def stage(cfg: DictConfig) -> None:
+    require(cfg, "input", "output")
+    rank, world = dist_rank_world()
+    rewards = build_rewards(reward_specs(cfg.get("rewards") or {}), device_for_rank(cfg.device))
+    summary = _score(cfg, rewards, rank, world)
+    who = f"rank {rank}/{world}: " if world > 1 else ""
+    print(
+        f"{who}scored {summary.n_scored} samples, skipped {summary.n_skipped}, with {', '.join(rewards)} "
+        f"({len(summary.reports)} shards, {summary.n_resumed} already done) -> {summary.output_dir} "
+        f"(reports: {summary.report_dir})"
+    )
+
+
+def main() -> None:
+    run_stage("score", stage)
+
+
+if __name__ == "__main__":
+    main()

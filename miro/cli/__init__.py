@@ -1,0 +1,1 @@
+"""Command-line entry points (``miro-data``, ``miro-generate``, ...): parse, call the library, print."""

@@ -1,0 +1,19 @@
+"""Flow-matching math: the interpolation path and its loss, samplers, and multi-reward guidance."""
+
+from miro.flow.guidance import guided_velocity_fn, reward_targets
+from miro.flow.path import flow_loss, interpolate, sample_timesteps, shift_time, velocity_target
+from miro.flow.sampling import euler_step, integrate, sample_euler, time_schedule
+
+__all__ = [
+    "euler_step",
+    "flow_loss",
+    "guided_velocity_fn",
+    "integrate",
+    "interpolate",
+    "reward_targets",
+    "sample_euler",
+    "sample_timesteps",
+    "shift_time",
+    "time_schedule",
+    "velocity_target",
+]

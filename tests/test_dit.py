@@ -1,0 +1,201 @@
+import json
+
+import pytest
+import torch
+
+from miro.models.dit import (
+    DIT_SIZES,
+    MiroDiT,
+    attention,
+    flops_per_image,
+    num_parameters,
+    sincos_pos_embed_2d,
+)
+
+REWARDS = ["aesthetic", "alignment", "sharpness"]
+
+
+def _model(**kw) -> MiroDiT:
+    torch.manual_seed(0)
+    args = dict(image_size=8, in_channels=3, patch_size=2, hidden_size=32, depth=2, num_heads=2, text_dim=12,
+                reward_names=REWARDS)
+    args.update(kw)
+    return MiroDiT(**args)
+
+
+def _randomize(model: MiroDiT, seed: int = 1) -> MiroDiT:
+    """Give the zero-initialised layers weights, as training would, so outputs depend on inputs."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.2 * torch.randn(p.shape, generator=gen))
+    return model
+
+
+def _inputs(batch: int = 3, length: int = 5, image_size: int = 8, channels: int = 3, seed: int = 0):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, channels, image_size, image_size, generator=gen)
+    t = torch.rand(batch, generator=gen)
+    tokens = torch.randn(batch, length, 12, generator=gen)
+    mask = torch.ones(batch, length, dtype=torch.bool)
+    mask[0, 3:] = False
+    rewards = torch.rand(batch, len(REWARDS), generator=gen)
+    return x, t, tokens, mask, rewards
+
+
+@pytest.mark.parametrize("conv_channels", [0, 8])
+@pytest.mark.parametrize("patch_size", [1, 2, 4])
+def test_output_shape_and_exact_zero_at_init(conv_channels, patch_size):
+    model = _model(conv_channels=conv_channels, patch_size=patch_size)
+    x, t, tokens, mask, rewards = _inputs()
+    out = model(x, t, tokens, mask, rewards, None)
+    assert out.shape == x.shape
+    assert torch.count_nonzero(out) == 0
+
+
+@pytest.mark.parametrize("conv_channels", [0, 8])
+def test_zero_init_still_learns(conv_channels):
+    model = _model(conv_channels=conv_channels)
+    x, t, tokens, mask, rewards = _inputs()
+    loss = (model(x, t, tokens, mask, rewards) - x).pow(2).mean()
+    loss.backward()
+    with torch.no_grad():
+        for p in model.parameters():
+            p -= 0.1 * p.grad
+    assert torch.count_nonzero(model(x, t, tokens, mask, rewards)) > 0
+
+
+def test_unpatchify_inverts_patch_layout():
+    model = _model(patch_size=2)
+    img = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).reshape(2, 3, 8, 8)
+    # patch (i, j) -> token i * 4 + j holding [p, q, c] values in that order
+    patches = img.reshape(2, 3, 4, 2, 4, 2).permute(0, 2, 4, 3, 5, 1).reshape(2, 16, 12)
+    torch.testing.assert_close(model.unpatchify(patches), img)
+
+
+def test_sincos_pos_embed_distinct_and_bounded():
+    emb = sincos_pos_embed_2d(16, 4)
+    assert emb.shape == (16, 16)
+    assert emb.abs().max() <= 1.0
+    assert torch.cdist(emb, emb).add(torch.eye(16)).min() > 0.1  # all positions distinguishable
+    with pytest.raises(ValueError, match="divisible by 4"):
+        sincos_pos_embed_2d(10, 4)
+
+
+def test_config_round_trip_through_json():
+    model = _randomize(_model(conv_channels=4, reward_dropout=0.1, pooled_text=False))
+    config = json.loads(json.dumps(model.to_config()))
+    clone = MiroDiT.from_config(config)
+    clone.load_state_dict(model.state_dict())
+    assert clone.config == model.config
+    model.eval()
+    clone.eval()
+    x, t, tokens, mask, rewards = _inputs()
+    torch.testing.assert_close(clone(x, t, tokens, mask, rewards), model(x, t, tokens, mask, rewards))
+
+
+def test_size_registry():
+    assert {"tiny", "S", "B", "L", "XL"} <= set(DIT_SIZES)
+    assert (DIT_SIZES["XL"].hidden_size, DIT_SIZES["XL"].depth, DIT_SIZES["XL"].num_heads) == (1152, 28, 16)
+    model = MiroDiT.from_size("tiny", image_size=8, in_channels=3, patch_size=2, text_dim=12)
+    assert model.config["hidden_size"] == DIT_SIZES["tiny"].hidden_size
+    assert num_parameters(model) > 0 and flops_per_image(model, text_length=5) > 0
+    with pytest.raises(KeyError, match="known sizes"):
+        MiroDiT.from_size("huge", image_size=8, in_channels=3, patch_size=2, text_dim=12)
+
+
+def test_baseline_without_rewards():
+    model = _randomize(_model(reward_names=())).eval()
+    x, t, tokens, mask, _ = _inputs()
+    out = model(x, t, tokens, mask, None, None)
+    assert out.shape == x.shape and torch.isfinite(out).all()
+    with pytest.raises(ValueError, match="no reward conditioning"):
+        model(x, t, tokens, mask, torch.rand(3, 2))
+
+
+def test_empty_caption_and_no_rewards_is_finite():
+    model = _randomize(_model(reward_names=())).eval()
+    x, t, tokens, mask, _ = _inputs()
+    mask[1] = False
+    out = model(x, t, tokens, mask)
+    assert torch.isfinite(out).all()
+
+
+def test_padding_tokens_are_ignored():
+    model = _randomize(_model()).eval()
+    x, t, tokens, mask, rewards = _inputs()
+    garbage = tokens.clone()
+    garbage[0, 3:] = 100.0  # masked positions of sample 0
+    padded = torch.cat([tokens, torch.randn(3, 2, 12)], dim=1)
+    padded_mask = torch.cat([mask, torch.zeros(3, 2, dtype=torch.bool)], dim=1)
+    ref = model(x, t, tokens, mask, rewards)
+    torch.testing.assert_close(model(x, t, garbage, mask, rewards), ref)
+    torch.testing.assert_close(model(x, t, padded, padded_mask, rewards), ref)
+
+
+def test_rewards_condition_the_output_and_missing_ignores_value():
+    model = _randomize(_model()).eval()
+    x, t, tokens, mask, rewards = _inputs()
+    ref = model(x, t, tokens, mask, rewards)
+    changed = rewards.clone()
+    changed[:, 1] = 1.0 - changed[:, 1]
+    assert not torch.allclose(model(x, t, tokens, mask, changed), ref)
+    present = torch.tensor([True, False, True]).expand(3, 3)
+    torch.testing.assert_close(
+        model(x, t, tokens, mask, changed, present), model(x, t, tokens, mask, rewards, present)
+    )
+
+
+def test_bad_inputs_raise():
+    model = _model()
+    x, t, tokens, mask, rewards = _inputs()
+    with pytest.raises(ValueError, match=r"expects inputs \[B, 3, 8, 8\]"):
+        model(torch.randn(3, 3, 16, 16), t, tokens, mask, rewards)
+    with pytest.raises(ValueError, match="t must have shape"):
+        model(x, t[:2], tokens, mask, rewards)
+    with pytest.raises(ValueError, match="text_tokens"):
+        model(x, t, tokens[:2], mask[:2], rewards)
+    with pytest.raises(ValueError, match="not divisible by patch_size"):
+        _model(image_size=10, patch_size=4)
+    with pytest.raises(ValueError, match="num_heads"):
+        _model(num_heads=3)
+
+
+def test_gradient_checkpointing_gives_identical_gradients():
+    x, t, tokens, mask, rewards = _inputs()
+    grads = []
+    for ckpt in (False, True):
+        model = _randomize(_model(grad_checkpointing=ckpt, conv_channels=4)).train()
+        loss = (model(x, t, tokens, mask, rewards) - x).pow(2).mean()
+        loss.backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
+    assert grads[0].keys() == grads[1].keys()
+    for name in grads[0]:
+        torch.testing.assert_close(grads[0][name], grads[1][name], rtol=0, atol=1e-6, msg=name)
+
+
+def test_deterministic_for_a_seed():
+    a, b = _randomize(_model(), seed=3).eval(), _randomize(_model(), seed=3).eval()
+    inputs = _inputs(seed=5)
+    torch.testing.assert_close(a(*inputs), b(*inputs), rtol=0, atol=0)
+
+
+def test_bf16_autocast_runs():
+    model = _randomize(_model(conv_channels=4)).eval()
+    x, t, tokens, mask, rewards = _inputs()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(x, t, tokens, mask, rewards)
+    ref = model(x, t, tokens, mask, rewards)
+    assert out.shape == x.shape
+    assert (out.float() - ref).abs().max() < 0.1 * ref.abs().max()
+
+
+def test_cpu_bf16_attention_matches_sdpa():
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 2, 6, 8, generator=gen) for _ in range(3))
+    mask = torch.tensor([True, True, False, True, False, True]).expand(2, 1, 1, 6)
+    ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    out = attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), mask)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), ref, rtol=0.02, atol=0.02)
+    torch.testing.assert_close(attention(q, k, v, mask), ref)

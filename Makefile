@@ -7,21 +7,29 @@ VENV := .venv
 PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0 torchvision==0.28.0
 TORCH_INDEX ?=
-EXTRAS ?= dev,minilm
+EXTRAS ?= dev,minilm,vae
 
-# The embedded default's paths and sizes (override on the command line).
+# The embedded default's paths and sizes (override on the command line, e.g. make demo DEMO_MINUTES=60).
 DEMO_DIR ?= demo
 N ?= 20000
 SIZE ?= 32
+MAX_OBJECTS ?= 4
 SEED ?= 0
 SHARDS ?= $(DEMO_DIR)/shards
 SCORED ?= $(DEMO_DIR)/scored
 BINS ?= $(DEMO_DIR)/bins.json
-REWARDS ?= [alignment,sharpness,colorfulness,compressibility]
+REWARDS ?= offline
+EXPERIMENT ?= shapes
+RUN_DIR ?= $(DEMO_DIR)/train/$(EXPERIMENT)
+# Training length of the demo in minutes of this repo's reference machine (2-core CPU); converted to
+# optimiser steps so that a run is the same on any machine (faster machines just finish sooner).
 DEMO_MINUTES ?= 5
+STEPS_PER_MINUTE ?= 420
+DEMO_STEPS ?= $(shell echo $$(( $(DEMO_MINUTES) * $(STEPS_PER_MINUTE) )))
+PROMPTS ?= conf/prompts/shapes_demo.txt
 ARGS ?=
 
-.PHONY: setup test test-slow lint data score-shards fit-bins train demo bench clean-demo
+.PHONY: setup test test-slow lint data score-shards fit-bins train samples eval demo bench clean-demo
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON_BASE) -m venv $(VENV)
@@ -43,7 +51,8 @@ lint: setup
 	$(PY) -m ruff check miro data_prep tests bench
 
 data: setup
-	$(VENV)/bin/miro-data shapes --out $(SHARDS) --n $(N) --size $(SIZE) --seed $(SEED) $(ARGS)
+	$(VENV)/bin/miro-data shapes --out $(SHARDS) --n $(N) --size $(SIZE) --max-objects $(MAX_OBJECTS) \
+		--seed $(SEED) --workers 2 $(ARGS)
 
 score-shards: setup
 	$(PY) -m data_prep.score_shards input=$(SHARDS) output=$(SCORED) rewards=$(REWARDS) $(ARGS)
@@ -51,8 +60,41 @@ score-shards: setup
 fit-bins: setup
 	$(PY) -m data_prep.fit_bins input=$(SCORED) out=$(BINS) $(ARGS)
 
+train: setup
+	$(PY) -m miro.train +experiment=$(EXPERIMENT) paths.data_dir=$(DEMO_DIR) paths.output_dir=$(RUN_DIR) \
+		data.image_size=$(SIZE) trainer.max_steps=$(DEMO_STEPS) $(ARGS)
+
+# The same prompts and seeds at every reward target high, then every target low.
+samples: setup
+	$(VENV)/bin/miro-generate --checkpoint $(RUN_DIR)/export --prompts-file $(PROMPTS) --n 4 \
+		--rewards alignment=10,sharpness=10,colorfulness=10,compressibility=10 --out $(DEMO_DIR)/samples/high
+	$(VENV)/bin/miro-generate --checkpoint $(RUN_DIR)/export --prompts-file $(PROMPTS) --n 4 \
+		--rewards alignment=0,sharpness=0,colorfulness=0,compressibility=0 \
+		--negative-rewards alignment=10,sharpness=10,colorfulness=10,compressibility=10 \
+		--out $(DEMO_DIR)/samples/low
+
+eval: setup
+	$(VENV)/bin/miro-eval --checkpoint $(RUN_DIR)/export --out $(DEMO_DIR)/eval $(ARGS)
+
+# The main job on the embedded default: data -> scores -> bins -> training -> samples -> evaluation.
+demo: setup
+	$(MAKE) --no-print-directory data ARGS=
+	$(MAKE) --no-print-directory score-shards ARGS=
+	$(MAKE) --no-print-directory fit-bins ARGS=
+	$(MAKE) --no-print-directory train ARGS=
+	$(MAKE) --no-print-directory samples ARGS=
+	$(MAKE) --no-print-directory eval ARGS=
+	@echo
+	@echo "Demo done."
+	@echo "  samples, all reward targets high: $(DEMO_DIR)/samples/high/grid.png"
+	@echo "  samples, all reward targets low:  $(DEMO_DIR)/samples/low/grid.png"
+	@echo "  evaluation report:                $(DEMO_DIR)/eval/report.md"
+	@echo "  training run (TensorBoard, checkpoints, exported model): $(RUN_DIR)"
+
 bench: setup
-	$(PY) bench/bench_scoring.py $(ARGS)
+	$(PY) bench/bench_scoring.py
+	$(PY) bench/bench_train.py
+	$(PY) bench/bench_generate.py
 
 clean-demo:
 	rm -rf $(DEMO_DIR)

@@ -13,8 +13,6 @@ import argparse
 import datetime as dt
 import io
 import json
-import os
-import platform
 import sys
 import tempfile
 import time
@@ -22,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from machine import machine
 from PIL import Image, ImageDraw
 
 from miro.data.shards import atomic_shard_writer, encode_jpeg, iter_shard
@@ -29,26 +28,6 @@ from miro.rewards import build_reward
 from miro.scoring import score_shards
 
 REWARDS = ("sharpness", "colorfulness", "compressibility", "alignment")
-
-
-def machine() -> dict[str, object]:
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "load_average_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "platform": platform.platform(),
-    }
 
 
 def write_shards(out: Path, n: int, size: int, per_shard: int) -> list[Path]:

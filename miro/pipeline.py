@@ -10,7 +10,6 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 import torch
 from PIL import Image
@@ -28,32 +27,48 @@ class RewardSpecError(ValueError):
     """A malformed or invalid ``--rewards`` specification; the message says which part and why."""
 
 
-def parse_reward_spec(spec: str | Mapping[str, float] | None, valid_names: Sequence[str]) -> dict[str, float]:
-    """``"aesthetic=9,pick=8"`` (or a mapping) -> {canonical name: target in [0, 10]}.
+_ENTRY = re.compile(r"\s*([A-Za-z_][\w-]*)\s*=\s*([^=\s]+)\s*")
 
-    Names may be aliases of registered rewards; each must be one of the model's ``valid_names``.
+
+def parse_reward_spec(spec: str | Mapping[str, float] | None, valid_names: Sequence[str]) -> dict[str, float]:
+    """``"aesthetic=9, pick=8"`` (or a mapping) -> {canonical name: target in [0, 10]}.
+
+    Names may be aliases of registered rewards; each must be one of the model's ``valid_names`` and
+    appear once. Every error is a :class:`RewardSpecError` with a one-line message quoting the bad part.
     """
-    if spec is None or spec == "":
+    if spec is None or (isinstance(spec, str) and not spec.strip()):
         return {}
     if isinstance(spec, Mapping):
         items = [(str(k), v) for k, v in spec.items()]
-    else:
+    elif isinstance(spec, str):
         items = []
-        for part in (p.strip() for p in spec.split(",")):
-            match = re.fullmatch(r"([A-Za-z_][\w-]*)\s*=\s*([^=\s]+)", part)
+        for part in spec.split(","):
+            match = _ENTRY.fullmatch(part)
             if match is None:
-                raise RewardSpecError(f"malformed reward target {part!r}: expected NAME=VALUE, e.g. aesthetic=9")
+                raise RewardSpecError(
+                    f"malformed reward target {part.strip()!r} in {spec!r}: expected NAME=VALUE pairs "
+                    "separated by commas, e.g. aesthetic=9,pick=8"
+                )
             items.append((match.group(1), match.group(2)))
+    else:
+        raise RewardSpecError(f"reward targets must be a string or a mapping, got {type(spec).__name__}")
     out: dict[str, float] = {}
+    given_as: dict[str, str] = {}
     for name, raw in items:
         canonical = canonical_reward_name(name, valid_names)
+        if canonical in out:
+            raise RewardSpecError(
+                f"reward {canonical!r} is given twice (as {given_as[canonical]!r} and {name!r})"
+            )
         try:
             value = float(raw)
         except (TypeError, ValueError):
             raise RewardSpecError(f"reward target for {name!r} is not a number: {raw!r}") from None
-        if not 0.0 <= value <= TARGET_MAX:
-            raise RewardSpecError(f"reward target for {name!r} must be between 0 and {TARGET_MAX:g}, got {value:g}")
-        out[canonical] = value
+        if not 0.0 <= value <= TARGET_MAX:  # also rejects NaN
+            raise RewardSpecError(
+                f"reward target for {name!r} must be between 0 and {TARGET_MAX:g}, got {raw}"
+            )
+        out[canonical], given_as[canonical] = value, name
     return out
 
 
@@ -70,10 +85,13 @@ def canonical_reward_name(name: str, valid_names: Sequence[str]) -> str:
         canonical = None
     if canonical in valid_names:
         return canonical
-    raise RewardSpecError(f"unknown reward {name!r} for this model; valid rewards: {', '.join(valid_names) or 'none'}")
+    valid = ", ".join(valid_names) or "none (a model without reward conditioning)"
+    raise RewardSpecError(f"unknown reward {name!r} for this model; valid rewards: {valid}")
 
 
-def target_values(reward_names: Sequence[str], targets: Mapping[str, float], default: float = TARGET_MAX) -> torch.Tensor:
+def target_values(
+    reward_names: Sequence[str], targets: Mapping[str, float], default: float = TARGET_MAX
+) -> torch.Tensor:
     """{name: target 0..10} -> conditioning values [R] in [0, 1]; unnamed rewards get ``default``."""
     return torch.tensor([targets.get(n, default) / TARGET_MAX for n in reward_names], dtype=torch.float32)
 
@@ -117,10 +135,9 @@ def generate_images(
         neg_tokens, neg_mask = encode_text(list(negative_prompts))
     rewards = neg_rewards = reward_mask = None
     if positive is not None:
-        rewards = positive.to(device).float().expand(b, -1) if positive.ndim == 1 else positive.to(device).float()
+        rewards = _per_image(positive, b, device)
         reward_mask = torch.ones_like(rewards, dtype=torch.bool)
-        neg = negative if negative is not None else torch.zeros_like(positive)
-        neg_rewards = neg.to(device).float().expand(b, -1) if neg.ndim == 1 else neg.to(device).float()
+        neg_rewards = _per_image(negative if negative is not None else torch.zeros_like(positive), b, device)
     use_guidance = guidance != 0 and (rewards is not None or neg_tokens is not None)
     velocity = guided_velocity_fn(
         model, tokens, mask, rewards, reward_mask, scale=guidance if use_guidance else 0.0,
@@ -130,6 +147,12 @@ def generate_images(
     if vae is not None:
         x = vae.decode(x)
     return to_uint8(x)
+
+
+def _per_image(values: torch.Tensor, batch: int, device: torch.device) -> torch.Tensor:
+    """Reward values [R] (shared) or [B, R] -> float [B, R] on ``device``."""
+    values = values.to(device).float()
+    return values.expand(batch, -1) if values.ndim == 1 else values
 
 
 def to_uint8(x: torch.Tensor) -> torch.Tensor:
@@ -146,7 +169,8 @@ def image_grid(images: torch.Tensor, ncol: int, pad: int = 2, upscale: int = 1) 
     grid = torch.full((c, nrow * (h + pad) + pad, ncol * (w + pad) + pad), 255, dtype=torch.uint8)
     for i in range(n):
         r, k = divmod(i, ncol)
-        grid[:, pad + r * (h + pad) : pad + r * (h + pad) + h, pad + k * (w + pad) : pad + k * (w + pad) + w] = images[i]
+        top, left = pad + r * (h + pad), pad + k * (w + pad)
+        grid[:, top : top + h, left : left + w] = images[i]
     return grid
 
 
@@ -187,6 +211,8 @@ class MiroPipeline:
         """Generate one image per prompt. ``rewards``: targets 0..10 by name (unnamed: 10);
         ``negative_rewards``: the negative branch's targets (unnamed: 0). ``output="tensor"`` returns
         uint8 [B, 3, H, W]."""
+        if output not in ("pil", "tensor"):
+            raise ValueError(f"output must be 'pil' or 'tensor', got {output!r}")
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         names = self.reward_names
         pos = neg = None

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from hydra.utils import instantiate
@@ -29,6 +30,7 @@ from miro.data.shards import write_bytes_atomic
 FORMAT = "miro-pretrained/1"
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
+REQUIRED_FIELDS = ("model", "text_encoder", "reward_names", "image_size")
 
 
 class CheckpointError(ValueError):
@@ -73,11 +75,21 @@ def save_pretrained(
     vae_config: dict[str, Any] | None = None,
     extra: dict[str, Any] | None = None,
 ) -> Path:
+    """Write ``model.safetensors`` then ``config.json`` into ``out_dir`` (each atomically); returns the dir.
+
+    The text encoder's weights are stored only when it was trained (``trainable``): a frozen
+    pretrained encoder is rebuilt from ``text_encoder_config`` instead of copied into every export.
+    """
+    model_rewards = list(getattr(model, "reward_names", reward_names))
+    if list(reward_names) != model_rewards:
+        raise ValueError(f"reward_names {list(reward_names)} differ from the model's {model_rewards}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     if getattr(text_encoder, "trainable", False):
-        tensors |= {f"text_encoder.{k}": v.detach().cpu().contiguous() for k, v in text_encoder.state_dict().items()}
+        tensors |= {
+            f"text_encoder.{k}": v.detach().cpu().contiguous() for k, v in text_encoder.state_dict().items()
+        }
     tmp = out / (WEIGHTS + ".tmp")
     save_file(tensors, str(tmp))
     tmp.replace(out / WEIGHTS)
@@ -87,7 +99,7 @@ def save_pretrained(
         "text_encoder": text_encoder_config,
         "vae": vae_config,
         "reward_names": list(reward_names),
-        "bins": bins.to_dict() if bins is not None else None,
+        "bins": bins.to_json() if bins is not None else None,
         "image_size": int(image_size),
         "sampling": dict(sampling),
         **(extra or {}),
@@ -97,41 +109,115 @@ def save_pretrained(
 
 
 def load_pretrained(path: str | Path, device: str | torch.device = "cpu") -> Pretrained:
-    from miro.models.dit import MiroDiT
-
+    """Rebuild an exported model; every way a directory can be wrong is a :class:`CheckpointError`
+    naming the file and the field, so a CLI can show it as one line."""
     root = Path(path)
     if root.is_file():
         root = root.parent
-    if not (root / CONFIG).exists() or not (root / WEIGHTS).exists():
+    if not root.is_dir():
+        raise CheckpointError(f"{root}: no such model directory (training exports one to <run dir>/export)")
+    missing = [name for name in (CONFIG, WEIGHTS) if not (root / name).is_file()]
+    if missing:
         raise CheckpointError(
-            f"{root} is not a MIRO model directory (it needs {CONFIG} and {WEIGHTS}; "
-            "training writes them to <run dir>/export)"
+            f"{root} is not a MIRO model directory: {' and '.join(missing)} missing "
+            "(training exports both to <run dir>/export)"
         )
+    config = _read_config(root / CONFIG)
     try:
-        config = json.loads((root / CONFIG).read_text())
-    except ValueError as err:
-        raise CheckpointError(f"{root / CONFIG}: not valid JSON ({err})") from None
-    if config.get("format") != FORMAT:
-        raise CheckpointError(f"{root / CONFIG}: format {config.get('format')!r}, expected {FORMAT!r}")
-    tensors = load_file(str(root / WEIGHTS))
-    model = MiroDiT.from_config(config["model"])
+        tensors = load_file(str(root / WEIGHTS))
+    except Exception as err:  # safetensors raises its own (untyped) error for a damaged file
+        raise CheckpointError(f"{root / WEIGHTS}: not a readable safetensors file ({err})") from None
+    model = _build(root, "model", lambda: _dit_from_config(config["model"]))
     _load_prefixed(model, tensors, "model.", root)
-    text_encoder = instantiate(config["text_encoder"])
+    reward_names = [str(n) for n in config["reward_names"]]
+    if reward_names != list(model.reward_names):
+        raise CheckpointError(
+            f"{root / CONFIG}: reward_names {reward_names} differ from the model's {list(model.reward_names)}"
+        )
+    text_encoder = _build(root, "text_encoder", lambda: instantiate(config["text_encoder"]))
     if any(k.startswith("text_encoder.") for k in tensors):
         _load_prefixed(text_encoder, tensors, "text_encoder.", root)
-    vae = instantiate(config["vae"]) if config.get("vae") else None
-    bins = RewardBins.from_dict(config["bins"]) if config.get("bins") else None
-    out = Pretrained(model.eval(), text_encoder.eval(), vae, list(config["reward_names"]), bins, config, root)
+    vae = _build(root, "vae", lambda: instantiate(config["vae"])) if config.get("vae") else None
+    bins = None
+    if config.get("bins"):
+        bins = _build(root, "bins", lambda: RewardBins.from_json(config["bins"], f"{root / CONFIG}: bins"))
+    out = Pretrained(model.eval(), text_encoder.eval(), vae, reward_names, bins, config, root)
     return out.to(device)
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError) as err:
+        raise CheckpointError(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path}: expected a JSON object, got {type(config).__name__}")
+    if config.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: format {config.get('format')!r}, expected {FORMAT!r}")
+    absent = [key for key in REQUIRED_FIELDS if key not in config]
+    if absent:
+        raise CheckpointError(f"{path}: missing field(s) {', '.join(absent)}")
+    if not isinstance(config["reward_names"], list):
+        raise CheckpointError(f"{path}: reward_names must be a list, got {config['reward_names']!r}")
+    try:
+        config["image_size"] = int(config["image_size"])
+    except (TypeError, ValueError):
+        raise CheckpointError(
+            f"{path}: image_size must be an integer, got {config['image_size']!r}"
+        ) from None
+    return config
+
+
+def _dit_from_config(config: Any) -> nn.Module:
+    from miro.models.dit import MiroDiT
+
+    if not isinstance(config, dict):
+        raise TypeError(f"expected an object, got {type(config).__name__}")
+    return MiroDiT.from_config(config)
+
+
+T = TypeVar("T")
+
+
+def _build(root: Path, field_name: str, factory: Callable[[], T]) -> T:
+    """Run ``factory``; any failure becomes a one-line CheckpointError naming the config field."""
+    try:
+        return factory()
+    except CheckpointError:
+        raise
+    except Exception as err:  # user-supplied configs can fail in any constructor
+        reason = " ".join(str(err).split()) or type(err).__name__
+        raise CheckpointError(f"{root / CONFIG}: cannot build {field_name!r} ({reason})") from None
 
 
 def _load_prefixed(module: nn.Module, tensors: dict[str, torch.Tensor], prefix: str, root: Path) -> None:
     state = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
-    try:
-        module.load_state_dict(state, strict=True)
-    except RuntimeError as err:
-        first = str(err).splitlines()[0]
-        raise CheckpointError(f"{root / WEIGHTS}: weights do not match {CONFIG} ({first})") from None
+    problem = state_mismatch(module, state)
+    if problem:
+        what = prefix.rstrip(".")
+        raise CheckpointError(f"{root / WEIGHTS}: {what} weights do not match {CONFIG}: {problem}")
+    module.load_state_dict(state, strict=True)
+
+
+def state_mismatch(module: nn.Module, state: dict[str, torch.Tensor], show: int = 2) -> str | None:
+    """One line saying how ``state`` differs from ``module``'s parameters (None when it fits).
+
+    torch's own message spans many lines and starts with a header that says nothing; this names the
+    counts and the first few keys, which is what tells "another architecture" from "a damaged file".
+    """
+    expected = module.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    shapes = [
+        f"{k} {list(state[k].shape)} vs {list(v.shape)}"
+        for k, v in expected.items() if k in state and state[k].shape != v.shape
+    ]
+    parts = [
+        f"{len(items)} {what} ({', '.join(items[:show])}{', ...' if len(items) > show else ''})"
+        for what, items in (("missing", missing), ("unexpected", unexpected), ("of another shape", shapes))
+        if items
+    ]
+    return "; ".join(parts) or None
 
 
 def file_hash(path: str | Path, n_bytes: int = 12) -> str:

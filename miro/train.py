@@ -25,10 +25,24 @@ def build(cfg: DictConfig) -> tuple[L.LightningModule, L.LightningDataModule, L.
     model = instantiate(cfg.model, text_dim=text_encoder.dim, reward_names=reward_names)
     vae = instantiate(cfg.vae) if cfg.get("vae") else None
     module = instantiate(cfg.module, model=model, text_encoder=text_encoder, vae=vae, reward_names=reward_names)
-    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
-    loggers = [instantiate(lg) for lg in (cfg.get("logger") or {}).values() if lg is not None]
+    callbacks = _instantiate_group(cfg, "callbacks")
+    loggers = _instantiate_group(cfg, "logger")
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     return module, datamodule, trainer
+
+
+def _instantiate_group(cfg: DictConfig, group: str) -> list:
+    out = []
+    for name, node in (cfg.get(group) or {}).items():
+        if node is None:
+            continue
+        if "_target_" not in node:
+            raise ValueError(
+                f"{group}.{name} has no _target_: an experiment sets options of a {group} entry that the "
+                f"selected {group} config does not define (drop it with ~{group}.{name})"
+            )
+        out.append(instantiate(node))
+    return out
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
@@ -38,10 +52,18 @@ def main(cfg: DictConfig) -> None:
     (out / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     module, datamodule, trainer = build(cfg)
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
-    print(f"Run directory:     {out}")
-    print(f"Checkpoints:       {out / 'checkpoints'}")
-    print(f"TensorBoard logs:  {out / 'tensorboard'}   (tensorboard --logdir {out / 'tensorboard'})")
-    print(f"Exported model:    {out / 'export'}   (miro-generate --checkpoint {out / 'export'} ...)")
+    if not trainer.is_global_zero:
+        return
+    print(f"Run directory:     {out}   (config.yaml: the composed config)")
+    outputs = {
+        "Checkpoints:": (out / "checkpoints", "resume with ckpt_path=<dir>/last.ckpt"),
+        "TensorBoard logs:": (out / "tensorboard", f"tensorboard --logdir {out / 'tensorboard'}"),
+        "Sample grids:": (out / "samples", "PNG per sampling step, high then low reward targets"),
+        "Exported model:": (out / "export", f"miro-generate --checkpoint {out / 'export'} --prompt ..."),
+    }
+    for label, (path, hint) in outputs.items():
+        if path.exists():
+            print(f"{label:<18} {path}   ({hint})")
 
 
 if __name__ == "__main__":

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import torch
@@ -12,7 +14,7 @@ from PIL import Image
 from rich.progress import Progress
 
 from miro.pipeline import TARGET_MAX, MiroPipeline, RewardSpecError, image_grid, parse_reward_spec
-from miro.pretrained import CheckpointError, file_hash
+from miro.pretrained import WEIGHTS, CheckpointError, file_hash
 from miro.rewards.base import available_rewards
 
 
@@ -43,64 +45,83 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+class UsageError(ValueError):
+    """A bad command-line value that argparse cannot check by itself."""
+
+
+def read_prompts(args: argparse.Namespace) -> list[str]:
+    """--prompt values, or the non-empty lines of --prompts-file that are not ``#`` comments."""
+    if args.prompt:
+        prompts = [p.strip() for p in args.prompt]
+    else:
+        try:
+            lines = args.prompts_file.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as err:
+            raise UsageError(f"cannot read prompts file {args.prompts_file}: {err}") from None
+        prompts = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    if not prompts or not all(prompts):
+        raise UsageError("no prompts given (or an empty --prompt)")
+    for name in ("n", "steps", "batch_size"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+    return prompts
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        prompts = args.prompt or [
-            line.strip() for line in args.prompts_file.read_text().splitlines() if line.strip()
-        ]
-    except OSError as err:
-        print(f"miro-generate: cannot read prompts file: {err}", file=sys.stderr)
-        return 2
-    if not prompts:
-        print("miro-generate: no prompts given", file=sys.stderr)
-        return 2
-    if args.n < 1 or (args.steps is not None and args.steps < 1):
-        print("miro-generate: --n and --steps must be at least 1", file=sys.stderr)
-        return 2
-    try:
+        prompts = read_prompts(args)
         pipe = MiroPipeline.from_pretrained(args.checkpoint, device=args.device)
         targets = parse_reward_spec(args.rewards, pipe.reward_names)
         negatives = parse_reward_spec(args.negative_rewards, pipe.reward_names)
-    except (CheckpointError, RewardSpecError) as err:
+    except (UsageError, CheckpointError, RewardSpecError) as err:
         print(f"miro-generate: {err}", file=sys.stderr)
         return 2
 
     # Image i of the run (prompts in order, each repeated --n times) uses seed + i.
     jobs = [(prompt, args.seed + i) for i, prompt in enumerate(p for p in prompts for _ in range(args.n))]
-    args.out.mkdir(parents=True, exist_ok=True)
-    weights_hash = file_hash(Path(pipe.pretrained.path) / "model.safetensors")
     sampling = pipe.pretrained.sampling
-    guidance = sampling.get("guidance", 1.5) if args.guidance is None else args.guidance
-    steps = sampling.get("steps", 25) if args.steps is None else args.steps
-    full_targets = {n: targets.get(n, TARGET_MAX) for n in pipe.reward_names}
-    full_negatives = {n: negatives.get(n, 0.0) for n in pipe.reward_names}
-
-    images = []
-    with Progress() as progress:
-        task = progress.add_task("generating", total=len(jobs))
-        for start in range(0, len(jobs), args.batch_size):
-            chunk = jobs[start : start + args.batch_size]
-            batch = pipe(
-                [p for p, _ in chunk], rewards=targets, negative_rewards=negatives, guidance=guidance, steps=steps,
-                seed=[s for _, s in chunk], negative_prompt=args.negative_prompt, output="tensor",
-            )
-            for (prompt, seed), image in zip(chunk, batch, strict=True):
-                index = len(images)
-                stem = args.out / f"{index:05d}"
-                Image.fromarray(image.permute(1, 2, 0).numpy()).save(f"{stem}.png")
-                meta = {
-                    "prompt": prompt, "seed": seed, "rewards": full_targets, "negative_rewards": full_negatives,
-                    "negative_prompt": args.negative_prompt, "guidance": guidance, "steps": steps,
-                    "checkpoint": str(args.checkpoint), "checkpoint_sha256": weights_hash,
-                }
-                Path(f"{stem}.json").write_text(json.dumps(meta, indent=2))
-                images.append(image)
-            progress.advance(task, len(chunk))
-
-    grid = image_grid(torch.stack(images), ncol=args.n if len(prompts) > 1 else min(8, len(images)), upscale=4)
-    Image.fromarray(grid.permute(1, 2, 0).numpy()).save(args.out / "grid.png")
-    print(f"Wrote {len(images)} images, their JSON and grid.png to {args.out}")
+    common = {
+        "rewards": {n: targets.get(n, TARGET_MAX) for n in pipe.reward_names},
+        "negative_rewards": {n: negatives.get(n, 0.0) for n in pipe.reward_names},
+        "negative_prompt": args.negative_prompt,
+        "guidance": sampling.get("guidance", 1.5) if args.guidance is None else args.guidance,
+        "steps": sampling.get("steps", 25) if args.steps is None else args.steps,
+        "checkpoint": str(args.checkpoint),
+        "checkpoint_sha256": file_hash(Path(pipe.pretrained.path) / WEIGHTS),
+    }
+    # Everything is written to a hidden staging directory next to --out and moved in at the end, so an
+    # interrupted run never leaves a half-written output directory behind.
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{args.out.name}.", dir=args.out.parent))
+    try:
+        images = []
+        with Progress() as progress:
+            task = progress.add_task("generating", total=len(jobs))
+            for start in range(0, len(jobs), args.batch_size):
+                chunk = jobs[start : start + args.batch_size]
+                batch = pipe(
+                    [p for p, _ in chunk], rewards=targets, negative_rewards=negatives,
+                    guidance=common["guidance"], steps=common["steps"], seed=[s for _, s in chunk],
+                    negative_prompt=args.negative_prompt, output="tensor",
+                )
+                for (prompt, seed), image in zip(chunk, batch, strict=True):
+                    stem = staging / f"{len(images):05d}"
+                    Image.fromarray(image.permute(1, 2, 0).numpy()).save(f"{stem}.png")
+                    meta = {"prompt": prompt, "seed": seed, **common}
+                    Path(f"{stem}.json").write_text(json.dumps(meta, indent=2) + "\n")
+                    images.append(image)
+                progress.advance(task, len(chunk))
+        ncol = args.n if args.n > 1 and len(prompts) > 1 else min(8, len(images))
+        grid = image_grid(torch.stack(images), ncol=ncol, upscale=4)
+        Image.fromarray(grid.permute(1, 2, 0).numpy()).save(staging / "grid.png")
+        args.out.mkdir(parents=True, exist_ok=True)
+        for path in sorted(staging.iterdir()):
+            path.replace(args.out / path.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    print(f"Wrote {len(images)} images (PNG + JSON each) and grid.png to {args.out}")
     return 0
 
 

@@ -10,23 +10,13 @@ in one folder that can be copied to an offline scoring machine.
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import sys
 
-from miro.rewards import base
-from miro.rewards.base import RewardModel, UnknownRewardError, available_rewards, resolve_name
+from miro.rewards.base import UnknownRewardError, available_rewards, registered_class, resolve_name
 from miro.rewards.weights import WEIGHTS_DIR_ENV, MissingWeightsError
 
 MIRO_SEVEN = ("aesthetic", "hps", "imagereward", "pick", "vqa", "clip", "sci")
-# Imported here too so the command works whether or not base._BUILTIN_MODULES lists them (cheap: the
-# modules import open_clip/transformers only when a model is built).
-_MODULES = ("aesthetic", "hps", "imagereward", "pick", "vqa", "jina_clip", "sci")
-
-
-def registered_class(name: str) -> type[RewardModel]:
-    """The class behind a reward name, without instantiating (and so loading) it."""
-    return base._REGISTRY[resolve_name(name)]  # TODO(lead): a public accessor in base.py
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -81,8 +71,6 @@ def _download(names: list[str], vqa_size: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    for module in _MODULES:
-        importlib.import_module(f"miro.rewards.{module}")
     if args.weights_dir:
         os.environ[WEIGHTS_DIR_ENV] = args.weights_dir
     if args.command == "list":

@@ -197,6 +197,11 @@ class RewardBins:
         """Vectorised :meth:`to_value` (float32)."""
         return self._bin(name).values(_as_float_array(raw))
 
+    def data_range(self, name: str) -> tuple[float, float]:
+        """(min, max) of the fitted raw scores: what "within the range of the training data" means."""
+        b = self._bin(name)
+        return b.min, b.max
+
     def to_json(self) -> dict[str, Any]:
         return {
             "format": FORMAT,

@@ -67,6 +67,19 @@ _PLURALS = {shape + "s": shape for shape in SHAPES}
 _ARTICLES = ("a", "an")
 
 
+def vocabulary() -> list[str]:
+    """Every word a caption of this grammar can contain, in a fixed order.
+
+    A closed-vocabulary text encoder is built from this list; fixing the order here (not by scanning a
+    data set) means two runs, or a model and the captions it is later prompted with, agree on word ids.
+    """
+    words: list[str] = []
+    for text in (*PREFIXES, *_RELATION_TEXT.values(), *(" ".join(w) for w in _RELATION_WORDINGS)):
+        words.extend(text.split())
+    words += [*_ARTICLES, *NUMBER_WORDS, *COLOURS, *SHAPES, *_PLURALS, "and"]
+    return list(dict.fromkeys(words))
+
+
 class CaptionParseError(ValueError):
     """A caption outside the shapes grammar; the message quotes the caption and the offending word."""
 

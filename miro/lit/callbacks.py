@@ -107,8 +107,13 @@ class ExportPretrained(L.Callback):
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         dm = trainer.datamodule
         text_encoder = pl_module.ema_text_encoder if pl_module.ema_text_encoder is not None else pl_module.text_encoder
+        text_config = dict(self.text_encoder_config)
+        if isinstance(text_config.get("vocab"), dict):
+            # Store the word list itself: the exported model must not depend on how a later version of
+            # the code would rebuild it, since word ids index the trained embedding.
+            text_config["vocab"] = list(text_encoder.words)
         path = save_pretrained(
-            self.out_dir, pl_module.ema_model, text_encoder, self.text_encoder_config, pl_module.reward_names,
+            self.out_dir, pl_module.ema_model, text_encoder, text_config, pl_module.reward_names,
             getattr(dm, "bins", None), dm.image_size, self.sampling,
             vae_config=self.vae_config, extra={"training": {"global_step": trainer.global_step}},
         )

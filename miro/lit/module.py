@@ -113,8 +113,13 @@ class MiroModule(L.LightningModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["caption"]))
         return loss
 
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        decay = ema_decay_at(self.global_step - 1, self.hp["ema_decay"], self.hp["ema_warmup"])
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        # The EMA moves right after the weights do, inside the optimisation step: a checkpoint written
+        # by a callback at the end of this batch then already holds this step's EMA (callbacks run
+        # before the module's own on_train_batch_end, which would leave a resumed EMA one update behind).
+        step = self.global_step  # updates done before this one
+        super().optimizer_step(*args, **kwargs)
+        decay = ema_decay_at(step, self.hp["ema_decay"], self.hp["ema_warmup"])
         update_ema(self.ema_model, self.model, decay)
         if self.ema_text_encoder is not None:
             update_ema(self.ema_text_encoder, self.text_encoder, decay)

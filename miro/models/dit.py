@@ -17,6 +17,9 @@ stream's self-attention cost does not grow with the caption length (77 T5 tokens
 it at 64 image tokens), padding is a plain key mask, and each reward stays exactly one token a block can
 look up. The pooled caption in adaLN is cheap and gives every block a global summary of the prompt
 (colour, count) without it having to route through attention first; it is what small models learn first.
+``pooled_rewards`` does the same for the reward tokens (their mean joins the adaLN vector): many rewards
+describe global properties (sharpness, noise, colourfulness) that modulation expresses directly, while
+a token must first be found by attention. Off by default (MIRO uses tokens only); the demo measures it.
 
 Optional convolutional stem and head (``conv_channels > 0``) wrap patchify/unpatchify: a 3x3 conv stack
 before the patch embedding and one after unpatchify, with a skip from the stem to the head. Patch tokens
@@ -194,6 +197,7 @@ class MiroDiT(nn.Module):
         fourier_dim: int = 64,
         fourier_max_frequency: float = 64.0,
         pooled_text: bool = True,
+        pooled_rewards: bool = False,
         conv_channels: int = 0,
         grad_checkpointing: bool = False,
     ) -> None:
@@ -205,7 +209,8 @@ class MiroDiT(nn.Module):
             depth=depth, num_heads=num_heads, mlp_ratio=float(mlp_ratio), text_dim=text_dim,
             reward_names=list(reward_names), reward_dropout=float(reward_dropout), fourier_dim=fourier_dim,
             fourier_max_frequency=float(fourier_max_frequency), pooled_text=bool(pooled_text),
-            conv_channels=conv_channels, grad_checkpointing=bool(grad_checkpointing),
+            pooled_rewards=bool(pooled_rewards), conv_channels=conv_channels,
+            grad_checkpointing=bool(grad_checkpointing),
         )
         self.image_size = image_size
         self.in_channels = in_channels
@@ -235,6 +240,10 @@ class MiroDiT(nn.Module):
         )
         self.reward_embedder = RewardEmbedder(
             reward_names, hidden_size, fourier_dim, fourier_max_frequency, reward_dropout
+        )
+        self.pooled_reward_proj = (
+            nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, hidden_size))
+            if pooled_rewards and reward_names else None
         )
         self.blocks = nn.ModuleList(DiTBlock(hidden_size, num_heads, mlp_ratio) for _ in range(depth))
         head_features = conv_channels if conv_channels > 0 else in_channels
@@ -325,6 +334,8 @@ class MiroDiT(nn.Module):
             pooled = (text_tokens * m).sum(1) / m.sum(1).clamp(min=1.0)
             c = c + self.pooled_proj(pooled)
         reward_tokens = self.reward_embedder(rewards, reward_mask, b)  # [B, R, D]
+        if self.pooled_reward_proj is not None:
+            c = c + self.pooled_reward_proj(reward_tokens.mean(dim=1).to(c.dtype))
         text = self.text_proj(text_tokens)
         cond = torch.cat([text, reward_tokens.to(text.dtype)], dim=1)
         reward_keys = torch.ones(b, reward_tokens.shape[1], dtype=torch.bool, device=text_mask.device)

@@ -202,6 +202,11 @@ class WordTextEncoder(TextEncoder):
         self.layers = nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(dim)
 
+    @property
+    def words(self) -> list[str]:
+        """The vocabulary as given to the constructor (without the special tokens)."""
+        return self.vocab[3:]
+
     def tokenize(self, captions: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """-> (ids [B, L] long, mask [B, L] bool); words past ``max_length - 1`` are dropped."""
         rows = [

@@ -25,7 +25,13 @@ ImageLike = Image.Image | np.ndarray | torch.Tensor
 _REGISTRY: dict[str, type[RewardModel]] = {}
 _ALIASES: dict[str, str] = {}
 # Modules that define built-in rewards; imported lazily so `import miro` stays cheap.
-_BUILTIN_MODULES = ("miro.rewards.offline", "miro.rewards.alignment")
+# Each imports its heavy dependency (open_clip, transformers) only when a model is built.
+_BUILTIN_MODULES = tuple(
+    f"miro.rewards.{m}"
+    for m in (
+        "offline", "alignment", "aesthetic", "hps", "imagereward", "pick", "vqa", "jina_clip", "sci",
+    )
+)
 
 
 class UnknownRewardError(KeyError):
@@ -127,6 +133,11 @@ def available_rewards() -> dict[str, tuple[str, ...]]:
     """Registered reward names -> their aliases."""
     _load_builtins()
     return {name: cls.aliases for name, cls in sorted(_REGISTRY.items())}
+
+
+def registered_class(name: str) -> type[RewardModel]:
+    """The class behind a reward name or alias, without instantiating (and so loading) it."""
+    return _REGISTRY[resolve_name(name)]
 
 
 def resolve_name(name: str) -> str:

@@ -24,10 +24,13 @@ from rich.logging import RichHandler
 
 from miro.data.shards import ShardInputError
 from miro.rewards.base import UnknownRewardError
+from miro.rewards.weights import MissingWeightsError
 from miro.scoring import ScoringConfigError
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
-USAGE_ERRORS = (ShardInputError, UnknownRewardError, ScoringConfigError, FileNotFoundError)
+USAGE_ERRORS = (
+    ShardInputError, UnknownRewardError, ScoringConfigError, FileNotFoundError, MissingWeightsError,
+)
 USAGE_EXIT_CODE = 2
 # Progress bars and log lines share one console on stderr; stdout carries only the final summary.
 CONSOLE = Console(stderr=True)

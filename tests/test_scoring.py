@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -327,6 +328,18 @@ def test_cli_bad_input_is_one_line_and_exit_code_2(inputs, tmp_path, override, m
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: {message}"), result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_cli_missing_reward_weights_is_one_line_naming_the_download(inputs, tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "MIRO_WEIGHTS_DIR": str(tmp_path / "weights")}
+    cmd = [sys.executable, "-m", "data_prep.score_shards", f"input={inputs}", f"output={tmp_path / 'out'}",
+           "rewards=[aesthetic]", "progress=false"]
+    result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120, env=env)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: aesthetic:"), result.stderr
+    assert "miro-rewards download aesthetic" in lines[0]
+    assert not list((tmp_path / "out").glob("*.tar"))
 
 
 def test_cli_scores_then_fits_bins(inputs, tmp_path):

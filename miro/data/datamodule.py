@@ -24,7 +24,7 @@ import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset
 
 from miro.data.bins import RewardBins
-from miro.data.samples import SampleDecodeError, collate, decode_sample
+from miro.data.samples import SampleDecodeError, collate, decode_sample, to_model_range
 from miro.data.shards import expand_shards, iter_shard
 
 log = logging.getLogger(__name__)
@@ -53,7 +53,7 @@ class InMemoryShards:
                     skipped += 1
                     log.warning("%s: %s", path, err)
                     continue
-                images.append(((ex["image"] + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8))
+                images.append(ex["image"])
                 captions.append(ex["caption"])
                 rewards.append(ex["rewards"])
                 masks.append(ex["reward_mask"])
@@ -75,7 +75,7 @@ class InMemoryShards:
 
     def batch(self, index: torch.Tensor) -> dict[str, Any]:
         return {
-            "image": self.images[index].float().div(127.5).sub(1.0),
+            "image": to_model_range(self.images[index]),
             "caption": [self.captions[i] for i in index.tolist()],
             "rewards": self.rewards[index],
             "reward_mask": self.reward_mask[index],
@@ -145,15 +145,17 @@ class ShardDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         rank = self.trainer.global_rank if self.trainer is not None else 0
+        start = self.trainer.global_step if self.trainer is not None else 0
         if self._memory is not None:
-            start = self.trainer.global_step if self.trainer is not None else 0
             dataset = StepIndexedBatches(self._memory, self.batch_size, self.seed, rank, start)
             return DataLoader(dataset, batch_size=None, num_workers=0)
         decode = partial(
             decode_sample, image_size=self.image_size, reward_names=self.reward_names, bins=self.bins
         )
         pipeline = wds.DataPipeline(
-            wds.ResampledShards(self.urls, seed=self.seed + 1000 * rank, deterministic=True),
+            # webdataset mixes rank and worker id into this seed; the start step makes a resumed run
+            # draw a fresh stream instead of replaying the shards it already saw.
+            wds.ResampledShards(self.urls, seed=step_seed(self.seed, 0, start), deterministic=True),
             wds.tarfile_to_samples(handler=_skip_and_log),
             wds.shuffle(self.shuffle_buffer),
             wds.map(decode, handler=_skip_and_log),

@@ -51,6 +51,7 @@ class MiroModule(L.LightningModule):
         t_shift: float = 1.0,
         ema_decay: float = 0.999,
         ema_warmup: bool = True,
+        caption_dropout: float = 0.0,
         compile: bool = False,
         seed: int = 0,
     ) -> None:
@@ -62,7 +63,7 @@ class MiroModule(L.LightningModule):
         self.hp = dict(
             lr=lr, betas=tuple(betas), weight_decay=weight_decay, warmup_steps=warmup_steps,
             total_steps=total_steps, min_lr_ratio=min_lr_ratio, t_mean=t_mean, t_std=t_std, t_shift=t_shift,
-            ema_decay=ema_decay, ema_warmup=ema_warmup, seed=seed,
+            ema_decay=ema_decay, ema_warmup=ema_warmup, caption_dropout=caption_dropout, seed=seed,
         )
         self.ema_model = copy.deepcopy(model).requires_grad_(False).eval()
         self.text_trainable = bool(getattr(text_encoder, "trainable", False))
@@ -93,8 +94,14 @@ class MiroModule(L.LightningModule):
 
     def flow_loss(self, batch: dict[str, Any], generator: torch.Generator) -> torch.Tensor:
         x0 = self.to_latents(batch["image"])
-        tokens, mask = self.encode_text(batch["caption"])
         n = x0.shape[0]
+        captions = list(batch["caption"])
+        if self.hp["caption_dropout"] > 0:
+            # An empty caption now and then teaches the unconditional velocity that text guidance
+            # (negative prompt "") contrasts against; the reward tokens are kept.
+            drop = torch.rand(n, generator=generator, device=generator.device) < self.hp["caption_dropout"]
+            captions = ["" if d else c for c, d in zip(captions, drop.tolist(), strict=True)]
+        tokens, mask = self.encode_text(captions)
         t = sample_timesteps(
             n, self.hp["t_mean"], self.hp["t_std"], self.hp["t_shift"], generator=generator, device=x0.device
         )

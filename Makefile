@@ -12,8 +12,10 @@ EXTRAS ?= dev,minilm,vae
 # The embedded default's paths and sizes (override on the command line, e.g. make demo DEMO_MINUTES=60).
 DEMO_DIR ?= demo
 N ?= 20000
-SIZE ?= 32
-MAX_OBJECTS ?= 4
+SIZE ?= 24
+MAX_OBJECTS ?= 2
+OBJECT_SIZE ?= 0.3 0.5
+N_BINS ?= 16
 SEED ?= 0
 SHARDS ?= $(DEMO_DIR)/shards
 SCORED ?= $(DEMO_DIR)/scored
@@ -24,7 +26,7 @@ RUN_DIR ?= $(DEMO_DIR)/train/$(EXPERIMENT)
 # Training length of the demo in minutes of this repo's reference machine (2-core CPU); converted to
 # optimiser steps so that a run is the same on any machine (faster machines just finish sooner).
 DEMO_MINUTES ?= 5
-STEPS_PER_MINUTE ?= 420
+STEPS_PER_MINUTE ?= 650
 DEMO_STEPS ?= $(shell echo $$(( $(DEMO_MINUTES) * $(STEPS_PER_MINUTE) )))
 PROMPTS ?= conf/prompts/shapes_demo.txt
 ARGS ?=
@@ -52,13 +54,13 @@ lint: setup
 
 data: setup
 	$(VENV)/bin/miro-data shapes --out $(SHARDS) --n $(N) --size $(SIZE) --max-objects $(MAX_OBJECTS) \
-		--seed $(SEED) --workers 2 $(ARGS)
+		--object-size $(OBJECT_SIZE) --seed $(SEED) --workers 2 $(ARGS)
 
 score-shards: setup
 	$(PY) -m data_prep.score_shards input=$(SHARDS) output=$(SCORED) rewards=$(REWARDS) $(ARGS)
 
 fit-bins: setup
-	$(PY) -m data_prep.fit_bins input=$(SCORED) out=$(BINS) $(ARGS)
+	$(PY) -m data_prep.fit_bins input=$(SCORED) out=$(BINS) n_bins=$(N_BINS) $(ARGS)
 
 train: setup
 	$(PY) -m miro.train +experiment=$(EXPERIMENT) paths.data_dir=$(DEMO_DIR) paths.output_dir=$(RUN_DIR) \
@@ -66,12 +68,10 @@ train: setup
 
 # The same prompts and seeds at every reward target high, then every target low.
 samples: setup
-	$(VENV)/bin/miro-generate --checkpoint $(RUN_DIR)/export --prompts-file $(PROMPTS) --n 4 \
+	$(VENV)/bin/miro-generate --checkpoint $(RUN_DIR)/export --prompts-file $(PROMPTS) --n 4 --precision bf16 \
 		--rewards alignment=10,sharpness=10,colorfulness=10,compressibility=10 --out $(DEMO_DIR)/samples/high
-	$(VENV)/bin/miro-generate --checkpoint $(RUN_DIR)/export --prompts-file $(PROMPTS) --n 4 \
-		--rewards alignment=0,sharpness=0,colorfulness=0,compressibility=0 \
-		--negative-rewards alignment=10,sharpness=10,colorfulness=10,compressibility=10 \
-		--out $(DEMO_DIR)/samples/low
+	$(VENV)/bin/miro-generate --checkpoint $(RUN_DIR)/export --prompts-file $(PROMPTS) --n 4 --precision bf16 \
+		--rewards alignment=0,sharpness=0,colorfulness=0,compressibility=0 --out $(DEMO_DIR)/samples/low
 
 eval: setup
 	$(VENV)/bin/miro-eval --checkpoint $(RUN_DIR)/export --out $(DEMO_DIR)/eval $(ARGS)

@@ -25,7 +25,9 @@ CONF = Path(__file__).resolve().parents[1] / "conf"
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--steps", type=int, default=25)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--guidance", type=float, default=1.5)
@@ -45,8 +47,16 @@ def main(argv: list[str] | None = None) -> int:
 
     def run() -> None:
         with torch.no_grad():
-            generate_images(model, text, prompts, cfg.data.image_size, positive=high, guidance=args.guidance,
-                            steps=args.steps, seed=0)
+            generate_images(
+                model,
+                text,
+                prompts,
+                cfg.data.image_size,
+                positive=high,
+                guidance=args.guidance,
+                steps=args.steps,
+                seed=0,
+            )
 
     run()  # warm-up
     times = []
@@ -78,10 +88,13 @@ def main(argv: list[str] | None = None) -> int:
         f"{m['load_average_1m']}), torch {m['torch']}.\n\n"
         f"Model of experiment `{args.experiment}` at {results['image_size']} px, {args.steps} Euler steps, "
         f"guidance {args.guidance} (two branches in one batched forward), batch {args.batch}.\n\n"
-        f"| s/batch | s/image |\n|---:|---:|\n| {results['seconds_per_batch']} | **{results['seconds_per_image']}** |\n"
+        "| s/batch | s/image |\n|---:|---:|\n"
+        f"| {results['seconds_per_batch']} | **{results['seconds_per_image']}** |\n"
     )
-    print(f"{results['seconds_per_image']} s/image at batch {args.batch}, {args.steps} steps "
-          f"-> {args.out / 'generate.md'}")
+    print(
+        f"{results['seconds_per_image']} s/image at batch {args.batch}, {args.steps} steps "
+        f"-> {args.out / 'generate.md'}"
+    )
     return 0
 
 

@@ -44,7 +44,9 @@ class StepTimer(L.Callback):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--warmup", type=int, default=20)
     parser.add_argument("--threads", type=int, default=2)
@@ -57,13 +59,24 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-            cfg = compose("train", [
-                f"+experiment={args.experiment}", f"paths.data_dir={root}", f"paths.output_dir={root / 'run'}",
-                f"trainer.max_steps={args.warmup + args.steps}", "callbacks=none", "logger=none",
-                "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false", *args.overrides,
-            ])
+            cfg = compose(
+                "train",
+                [
+                    f"+experiment={args.experiment}",
+                    f"paths.data_dir={root}",
+                    f"paths.output_dir={root / 'run'}",
+                    f"trainer.max_steps={args.warmup + args.steps}",
+                    "callbacks=none",
+                    "logger=none",
+                    "trainer.enable_progress_bar=false",
+                    "trainer.enable_model_summary=false",
+                    *args.overrides,
+                ],
+            )
         write_shapes_shards(root / "shards", n=args.n, size=cfg.data.image_size, per_shard=1000)
-        score_shards(str(root / "shards"), root / "scored", build_rewards(reward_specs(list(cfg.reward_names))))
+        score_shards(
+            str(root / "shards"), root / "scored", build_rewards(reward_specs(list(cfg.reward_names)))
+        )
         fit_from_shards(str(root / "scored")).save(root / "bins.json")
         module, datamodule, trainer = build(cfg)
         timer = StepTimer()
@@ -92,8 +105,10 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "train.json").write_text(json.dumps(results, indent=1) + "\n")
     (args.out / "train.md").write_text(markdown(results))
-    print(f"{results['samples_per_s']} samples/s ({results['steps_per_minute']} steps/min at batch {batch}) "
-          f"-> {args.out / 'train.md'}")
+    print(
+        f"{results['samples_per_s']} samples/s ({results['steps_per_minute']} steps/min at batch {batch}) "
+        f"-> {args.out / 'train.md'}"
+    )
     return 0
 
 
@@ -105,13 +120,16 @@ def markdown(r: dict) -> str:
         f"Measured {r['date']} with `{r['command'].strip()}`.\n\n"
         f"Machine: {m['cpu']}, {m['cores']} cores (torch threads {m['torch_threads']}, 1-minute load "
         f"{m['load_average_1m']} at the end), Python {m['python']}, torch {m['torch']}"
-        + (f", GPU {m['gpu']}" if "gpu" in m else "") + ".\n\n"
+        + (f", GPU {m['gpu']}" if "gpu" in m else "")
+        + ".\n\n"
         f"Model: experiment `{r['experiment']}`, {r['parameters_m']}M parameters "
         f"({model['image_size']} px, patch {model['patch_size']}, hidden {model['hidden_size']}, depth "
-        f"{model['depth']}, conv {model['conv_channels']}), rewards {', '.join(r['reward_names']) or 'none'}, "
+        f"{model['depth']}, conv {model['conv_channels']}), "
+        f"rewards {', '.join(r['reward_names']) or 'none'}, "
         f"batch {r['batch_size']}, precision {r['precision']}.\n\n"
         f"| timed steps | s/step | steps/min | samples/s |\n|---:|---:|---:|---:|\n"
-        f"| {r['timed_steps']} | {r['seconds_per_step']} | {r['steps_per_minute']} | **{r['samples_per_s']}** |\n"
+        f"| {r['timed_steps']} | {r['seconds_per_step']} | {r['steps_per_minute']} "
+        f"| **{r['samples_per_s']}** |\n"
     )
 
 

@@ -24,7 +24,9 @@ def build(cfg: DictConfig) -> tuple[L.LightningModule, L.LightningDataModule, L.
     text_encoder = instantiate(cfg.text_encoder)
     model = instantiate(cfg.model, text_dim=text_encoder.dim, reward_names=reward_names)
     vae = instantiate(cfg.vae) if cfg.get("vae") else None
-    module = instantiate(cfg.module, model=model, text_encoder=text_encoder, vae=vae, reward_names=reward_names)
+    module = instantiate(
+        cfg.module, model=model, text_encoder=text_encoder, vae=vae, reward_names=reward_names
+    )
     callbacks = _instantiate_group(cfg, "callbacks")
     loggers = _instantiate_group(cfg, "logger")
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)

@@ -30,7 +30,11 @@ def test_reward_conditioning_marks_unscored_and_nan_rewards_missing(scored_shape
 def test_decode_errors_name_the_sample_and_field(scored_shapes: Path) -> None:
     sample = next(iter_shard(next((scored_shapes / "scored").glob("*.tar"))))
     key = sample["__key__"]
-    for field, message in [("txt", r"no caption \(txt\) field"), ("rewards.json", "no rewards.json field"), ("jpg", "no image")]:
+    for field, message in [
+        ("txt", r"no caption \(txt\) field"),
+        ("rewards.json", "no rewards.json field"),
+        ("jpg", "no image"),
+    ]:
         broken = {k: v for k, v in sample.items() if k != field}
         with pytest.raises(SampleDecodeError, match=f"sample {key}: {message}"):
             decode_sample(broken, 24, OFFLINE_REWARDS, None)
@@ -68,12 +72,19 @@ def test_in_memory_data_skips_bad_samples_and_batches_depend_only_on_the_step(
     assert batches[0]["image"].min() >= -1 and batches[0]["image"].max() <= 1
 
 
-def test_streaming_pipeline_yields_full_batches_and_skips_bad_samples(scored_shapes: Path, tmp_path: Path) -> None:
+def test_streaming_pipeline_yields_full_batches_and_skips_bad_samples(
+    scored_shapes: Path, tmp_path: Path
+) -> None:
     shards = sorted((scored_shapes / "scored").glob("*.tar"))
     _with_corrupt_samples(shards[0], tmp_path / "00000.tar")
     dm = ShardDataModule(
-        shards=str(tmp_path / "00000.tar"), bins_path=str(scored_shapes / "bins.json"),
-        reward_names=OFFLINE_REWARDS, image_size=24, batch_size=8, num_workers=0, shuffle_buffer=16,
+        shards=str(tmp_path / "00000.tar"),
+        bins_path=str(scored_shapes / "bins.json"),
+        reward_names=OFFLINE_REWARDS,
+        image_size=24,
+        batch_size=8,
+        num_workers=0,
+        shuffle_buffer=16,
     )
     dm.setup("fit")
     batches = list(islice(iter(dm.train_dataloader()), 8))  # 64 samples: the 46 good ones, resampled
@@ -91,8 +102,11 @@ def test_missing_bins_for_a_conditioned_reward_is_a_clear_error(scored_shapes: P
     del bins["rewards"]["sharpness"]
     (tmp_path / "bins.json").write_text(json.dumps(bins))
     dm = ShardDataModule(
-        shards=str(scored_shapes / "scored"), bins_path=str(tmp_path / "bins.json"),
-        reward_names=OFFLINE_REWARDS, image_size=24, batch_size=8,
+        shards=str(scored_shapes / "scored"),
+        bins_path=str(tmp_path / "bins.json"),
+        reward_names=OFFLINE_REWARDS,
+        image_size=24,
+        batch_size=8,
     )
     with pytest.raises(ValueError, match=r"has no bins for reward\(s\) \['sharpness'\]"):
         dm.setup("fit")

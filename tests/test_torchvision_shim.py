@@ -6,7 +6,9 @@ import os
 import subprocess
 import sys
 
-IMPORTS = "import torchvision, lightning, open_clip, timm; from transformers import CLIPModel; import miro.train"
+IMPORTS = (
+    "import torchvision, lightning, open_clip, timm; from transformers import CLIPModel; import miro.train"
+)
 
 
 def _run(code: str, **env: str) -> subprocess.CompletedProcess:

@@ -19,7 +19,8 @@ from miro.train import build
 
 TINY_MODEL = [
     "model=dit_tiny",
-    "data.image_size=24", "data.batch_size=8",
+    "data.image_size=24",
+    "data.batch_size=8",
 ]
 
 
@@ -48,13 +49,22 @@ def _fit(cfg, *callbacks: L.Callback, ckpt_path: str | None = None):  # noqa: AN
 
 
 @pytest.mark.parametrize("experiment", ["shapes", "shapes_baseline"])
-def test_experiment_trains_and_leaves_its_outputs(experiment: str, scored_shapes: Path, tmp_path: Path) -> None:
+def test_experiment_trains_and_leaves_its_outputs(
+    experiment: str, scored_shapes: Path, tmp_path: Path
+) -> None:
     out = tmp_path / "run"
-    cfg = compose_config("train", [
-        f"+experiment={experiment}", *_overrides(scored_shapes, out),
-        "trainer.max_steps=4", "callbacks.checkpoint.every_n_train_steps=2",
-        "callbacks.sample_grid.every_n_steps=4", "callbacks.sample_grid.steps=2", "trainer.log_every_n_steps=1",
-    ])
+    cfg = compose_config(
+        "train",
+        [
+            f"+experiment={experiment}",
+            *_overrides(scored_shapes, out),
+            "trainer.max_steps=4",
+            "callbacks.checkpoint.every_n_train_steps=2",
+            "callbacks.sample_grid.every_n_steps=4",
+            "callbacks.sample_grid.steps=2",
+            "trainer.log_every_n_steps=1",
+        ],
+    )
     module, trainer = _fit(cfg)
     assert trainer.global_step == 4
     assert module.reward_names == ([] if experiment == "shapes_baseline" else list(cfg.reward_names))
@@ -75,11 +85,20 @@ def test_experiment_trains_and_leaves_its_outputs(experiment: str, scored_shapes
 
 
 def test_loss_decreases_on_the_shapes_data(scored_shapes: Path, tmp_path: Path) -> None:
-    cfg = compose_config("train", [
-        "+experiment=shapes", *_overrides(scored_shapes, tmp_path), "trainer.max_steps=60",
-        "module.warmup_steps=5", "module.lr=3e-3", "callbacks=none", "logger=none",
-        "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
-    ])
+    cfg = compose_config(
+        "train",
+        [
+            "+experiment=shapes",
+            *_overrides(scored_shapes, tmp_path),
+            "trainer.max_steps=60",
+            "module.warmup_steps=5",
+            "module.lr=3e-3",
+            "callbacks=none",
+            "logger=none",
+            "trainer.enable_progress_bar=false",
+            "trainer.enable_model_summary=false",
+        ],
+    )
     record = _Record()
     _fit(cfg, record)
     losses = [record.losses[s] for s in sorted(record.losses)]
@@ -89,9 +108,15 @@ def test_loss_decreases_on_the_shapes_data(scored_shapes: Path, tmp_path: Path) 
 
 def test_resumed_run_matches_an_uninterrupted_run(scored_shapes: Path, tmp_path: Path) -> None:
     common = [
-        "+experiment=shapes", "trainer.max_steps=4", "callbacks.checkpoint.every_n_train_steps=2",
-        "~callbacks.sample_grid", "~callbacks.export", "logger=none", "trainer.enable_progress_bar=false",
-        "trainer.enable_model_summary=false", "module.warmup_steps=2",
+        "+experiment=shapes",
+        "trainer.max_steps=4",
+        "callbacks.checkpoint.every_n_train_steps=2",
+        "~callbacks.sample_grid",
+        "~callbacks.export",
+        "logger=none",
+        "trainer.enable_progress_bar=false",
+        "trainer.enable_model_summary=false",
+        "module.warmup_steps=2",
     ]
     whole = _Record()
     full, _ = _fit(compose_config("train", [*common, *_overrides(scored_shapes, tmp_path / "a")]), whole)
@@ -105,11 +130,15 @@ def test_resumed_run_matches_an_uninterrupted_run(scored_shapes: Path, tmp_path:
     assert sorted(resumed_record.losses) == [3, 4]
     for step in (3, 4):
         assert resumed_record.losses[step] == pytest.approx(whole.losses[step], rel=1e-5, abs=1e-7)
-    for (name, a), b in zip(full.ema_model.state_dict().items(), resumed.ema_model.state_dict().values(), strict=True):
+    for (name, a), b in zip(
+        full.ema_model.state_dict().items(), resumed.ema_model.state_dict().values(), strict=True
+    ):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=f"EMA weight {name} differs after resume")
 
 
-def test_cc12m_recipe_composes_and_trains_with_tiny_stand_ins(seven_reward_shards: Path, tmp_path: Path) -> None:
+def test_cc12m_recipe_composes_and_trains_with_tiny_stand_ins(
+    seven_reward_shards: Path, tmp_path: Path
+) -> None:
     """The real recipe's wiring (streaming shards, VAE latents, seven reward tokens, HF text encoder), with
     a random tiny VAE, the offline MiniLM encoder and made-up scores standing in for the real ones."""
     recipe = compose_config("train", ["+experiment=cc12m"])
@@ -122,15 +151,32 @@ def test_cc12m_recipe_composes_and_trains_with_tiny_stand_ins(seven_reward_shard
         "up_block_types:[UpDecoderBlock2D,UpDecoderBlock2D],block_out_channels:[8,16],"
         "layers_per_block:1,latent_channels:4,norm_num_groups:4}"
     )
-    cfg = compose_config("train", [
-        "+experiment=cc12m", f"paths.data_dir={seven_reward_shards}", f"paths.output_dir={tmp_path}",
-        "data.shards=${paths.data_dir}/scored", "data.image_size=16", "data.batch_size=4",
-        "data.num_workers=0", "data.shuffle_buffer=8",
-        "text_encoder=minilm", "vae.model_name_or_path=null", tiny_vae,
-        "model.size=tiny", "model.image_size=8", "trainer=cpu", "trainer.max_steps=2", "module.compile=false",
-        "~callbacks.sample_grid", "~callbacks.checkpoint", "~callbacks.export", "logger=none",
-        "trainer.enable_progress_bar=false",
-    ])
+    cfg = compose_config(
+        "train",
+        [
+            "+experiment=cc12m",
+            f"paths.data_dir={seven_reward_shards}",
+            f"paths.output_dir={tmp_path}",
+            "data.shards=${paths.data_dir}/scored",
+            "data.image_size=16",
+            "data.batch_size=4",
+            "data.num_workers=0",
+            "data.shuffle_buffer=8",
+            "text_encoder=minilm",
+            "vae.model_name_or_path=null",
+            tiny_vae,
+            "model.size=tiny",
+            "model.image_size=8",
+            "trainer=cpu",
+            "trainer.max_steps=2",
+            "module.compile=false",
+            "~callbacks.sample_grid",
+            "~callbacks.checkpoint",
+            "~callbacks.export",
+            "logger=none",
+            "trainer.enable_progress_bar=false",
+        ],
+    )
     module, trainer = _fit(cfg)
     assert trainer.global_step == 2
     assert module.model.num_rewards == 7 and module.model.in_channels == 4
@@ -140,8 +186,15 @@ def test_two_process_ddp_on_cpu_completes(scored_shapes: Path, tmp_path: Path) -
     """The command users launch, with Lightning's DDP over gloo in two CPU processes."""
     out = tmp_path / "ddp"
     cmd = [
-        sys.executable, "-m", "miro.train", "+experiment=shapes", *_overrides(scored_shapes, out),
-        "trainer=ddp_cpu", "trainer.max_steps=3", "logger=none", "~callbacks.sample_grid",
+        sys.executable,
+        "-m",
+        "miro.train",
+        "+experiment=shapes",
+        *_overrides(scored_shapes, out),
+        "trainer=ddp_cpu",
+        "trainer.max_steps=3",
+        "logger=none",
+        "~callbacks.sample_grid",
         "trainer.enable_progress_bar=false",
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -32,6 +32,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--mismatch-prob", type=float, default=d.mismatch_prob, help="share of captions that are false"
     )
     shapes.add_argument("--max-objects", type=int, default=d.max_objects, help=f"1 to {MAX_OBJECTS}")
+    shapes.add_argument(
+        "--object-size", type=float, nargs=2, default=d.size_range, metavar=("MIN", "MAX"),
+        help="object side as a fraction of the image side",
+    )
+    shapes.add_argument("--min-object-px", type=float, default=d.min_object_px, help="smallest object side")
     shapes.add_argument("--workers", type=int, default=1, help="processes writing shards in parallel")
     return parser
 
@@ -47,6 +52,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             degrade_prob=args.degrade_prob,
             mismatch_prob=args.mismatch_prob,
             max_objects=args.max_objects,
+            size_range=tuple(args.object_size),
+            min_object_px=args.min_object_px,
         )
     except ValueError as err:
         print(f"miro-data: {err}", file=sys.stderr)

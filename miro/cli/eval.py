@@ -11,9 +11,9 @@ from rich.progress import Progress
 
 from miro.eval.report import write_report
 from miro.eval.runner import EvalSettings, Evaluator
-from miro.pipeline import MiroPipeline
+from miro.pipeline import PRECISIONS, MiroPipeline
 from miro.pretrained import CheckpointError
-from miro.rewards.base import UnknownRewardError, build_reward
+from miro.rewards.base import RewardModel, UnknownRewardError, build_reward
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -21,49 +21,81 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, help="model directory (<run>/export)")
     p.add_argument("--baseline", default=None, help="a baseline model directory for the best-of-N comparison")
     p.add_argument("--rewards", default=None,
-                   help="comma-separated rewards to measure (default: the offline rewards the model knows, and alignment)")
-    p.add_argument("--out", type=Path, required=True, help="output directory for results.json, report.md, plots")
+                   help="comma-separated rewards to measure (default: alignment and the model's rewards)")
+    p.add_argument("--out", type=Path, required=True, help="directory for results.json, report.md and plots")
     d = EvalSettings()
-    p.add_argument("--per-category", type=int, default=d.per_category)
+    p.add_argument("--per-category", type=int, default=d.per_category, help="benchmark prompts per category")
     p.add_argument("--samples-per-prompt", type=int, default=d.samples_per_prompt)
-    p.add_argument("--sweep-levels", default=",".join(f"{x:g}" for x in d.sweep_levels))
-    p.add_argument("--sweep-images", type=int, default=d.sweep_images)
+    p.add_argument("--sweep-levels", default=",".join(f"{x:g}" for x in d.sweep_levels),
+                   help="reward targets of the control sweeps, comma-separated")
+    p.add_argument("--sweep-images", type=int, default=d.sweep_images,
+                   help="images per sweep point, rewards other than alignment (alignment: the benchmark's)")
     p.add_argument("--best-of", type=int, default=d.best_of_max, help="largest N of best-of-N (0 = skip)")
     p.add_argument("--best-of-prompts", type=int, default=d.best_of_prompts)
-    p.add_argument("--guidance", type=float, default=None)
-    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--all-low", action="store_true", help="also run the benchmark with every target at 0")
+    p.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the model's)")
+    p.add_argument("--steps", type=int, default=None, help="Euler steps (default: the model's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--precision", choices=PRECISIONS, default="bf16",
+                   help="network precision while sampling (bf16: autocast, 2.5x faster on CPU)")
     p.add_argument("--device", default="cpu")
     return p
+
+
+def settings_from_args(args: argparse.Namespace) -> EvalSettings:
+    try:
+        levels = tuple(float(x) for x in args.sweep_levels.split(","))
+    except ValueError:
+        raise ValueError(
+            f"--sweep-levels must be numbers separated by commas, got {args.sweep_levels!r}"
+        ) from None
+    if args.steps is not None and args.steps < 1:
+        raise ValueError(f"--steps must be at least 1, got {args.steps}")
+    return EvalSettings(
+        per_category=args.per_category, samples_per_prompt=args.samples_per_prompt, sweep_levels=levels,
+        sweep_images=args.sweep_images, best_of_prompts=args.best_of_prompts, best_of_max=args.best_of,
+        all_low=args.all_low, guidance=args.guidance, steps=args.steps, seed=args.seed,
+        batch_size=args.batch_size,
+    )
+
+
+def build_rewards(spec: str | None, pipe: MiroPipeline) -> dict[str, RewardModel]:
+    names = spec.split(",") if spec else ["alignment", *pipe.reward_names]
+    rewards = {}
+    for name in dict.fromkeys(n.strip() for n in names if n.strip()):
+        model = build_reward(name)
+        rewards[model.name] = model
+    return rewards
+
+
+def model_name(checkpoint: str) -> str:
+    """The run's name for tables and legends: training exports to <run>/export, so skip "export"."""
+    path = Path(checkpoint).resolve()
+    return path.parent.name if path.name == "export" else path.name
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     try:
-        levels = tuple(float(x) for x in args.sweep_levels.split(","))
-        pipe = MiroPipeline.from_pretrained(args.checkpoint, device=args.device)
-        baseline = MiroPipeline.from_pretrained(args.baseline, device=args.device) if args.baseline else None
-        names = args.rewards.split(",") if args.rewards else ["alignment", *pipe.reward_names]
-        rewards = {}
-        for name in dict.fromkeys(n.strip() for n in names if n.strip()):
-            model = build_reward(name)
-            rewards[model.name] = model
-    except (CheckpointError, UnknownRewardError, ValueError) as err:
+        settings = settings_from_args(args)
+        pipe = MiroPipeline.from_pretrained(args.checkpoint, args.device, args.precision)
+        baseline = None
+        if args.baseline:
+            baseline = MiroPipeline.from_pretrained(args.baseline, args.device, args.precision)
+        rewards = build_rewards(args.rewards, pipe)
+    except (CheckpointError, UnknownRewardError, ValueError, OSError) as err:
         print(f"miro-eval: {err}", file=sys.stderr)
         return 2
-    settings = EvalSettings(
-        per_category=args.per_category, samples_per_prompt=args.samples_per_prompt, sweep_levels=levels,
-        sweep_images=args.sweep_images, best_of_prompts=args.best_of_prompts, best_of_max=args.best_of,
-        guidance=args.guidance, steps=args.steps, seed=args.seed, batch_size=args.batch_size,
-    )
     with Progress() as progress:
         evaluator = Evaluator(pipe, rewards, settings)
-        task = progress.add_task("evaluating (images generated)", total=evaluator.total_images(baseline is not None))
+        total = evaluator.total_images(with_baseline=baseline is not None)
+        task = progress.add_task("evaluating (images generated)", total=total)
         evaluator.progress = lambda n: progress.advance(task, n)
-        results = evaluator.run(Path(args.checkpoint).name or "model", baseline=baseline)
+        results = evaluator.run(model_name(args.checkpoint), baseline=baseline)
     paths = write_report(results, args.out)
+    print(f"Evaluated {results.images_generated} images in {results.seconds:.0f} s.")
     print(f"Report: {paths['markdown']}\nResults: {paths['json']}")
     for key in ("sweeps", "best_of_n"):
         if key in paths:

@@ -13,7 +13,15 @@ import torch
 from PIL import Image
 from rich.progress import Progress
 
-from miro.pipeline import TARGET_MAX, MiroPipeline, RewardSpecError, image_grid, parse_reward_spec
+from miro.pipeline import (
+    PRECISIONS,
+    TARGET_MAX,
+    MiroPipeline,
+    RewardSpecError,
+    image_grid,
+    negative_targets,
+    parse_reward_spec,
+)
 from miro.pretrained import WEIGHTS, CheckpointError, file_hash
 from miro.rewards.base import available_rewards
 
@@ -26,20 +34,29 @@ def _epilog() -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="miro-generate", description=__doc__, epilog=_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="miro-generate", description=__doc__, epilog=_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--checkpoint", required=True, help="model directory written by training (<run>/export)")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--prompt", action="append", help="a prompt (repeat for several)")
     src.add_argument("--prompts-file", type=Path, help="a text file with one prompt per line")
-    p.add_argument("--rewards", default="", help=f"targets 0-{TARGET_MAX:g}, e.g. aesthetic=9,pick=8 (unnamed: 10)")
-    p.add_argument("--negative-rewards", default="", help="targets of the negative branch (unnamed: 0)")
+    p.add_argument(
+        "--rewards", default="",
+        help=f"targets 0-{TARGET_MAX:g}, e.g. aesthetic=9,pick=8 (unnamed: {TARGET_MAX:g}); aliases below",
+    )
+    p.add_argument(
+        "--negative-rewards", default=None,
+        help="targets of the negative branch (unnamed: 0; default: the model's, usually all 0)",
+    )
     p.add_argument("--negative-prompt", default=None, help='text of the negative branch ("" = empty prompt)')
     p.add_argument("--n", type=int, default=1, help="images per prompt")
     p.add_argument("--guidance", type=float, default=None, help="guidance scale w (default: the model's)")
     p.add_argument("--steps", type=int, default=None, help="Euler steps (default: the model's)")
     p.add_argument("--seed", type=int, default=0, help="image i of the run uses seed + i")
     p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                   help="network precision while sampling (bf16: autocast, 2.5x faster on CPU)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", type=Path, required=True, help="output directory")
     return p
@@ -72,22 +89,25 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         prompts = read_prompts(args)
-        pipe = MiroPipeline.from_pretrained(args.checkpoint, device=args.device)
+        pipe = MiroPipeline.from_pretrained(args.checkpoint, args.device, args.precision)
         targets = parse_reward_spec(args.rewards, pipe.reward_names)
-        negatives = parse_reward_spec(args.negative_rewards, pipe.reward_names)
+        negatives = negative_targets(
+            pipe.reward_names, targets, args.negative_rewards, pipe.sampling_defaults.get("guided_rewards")
+        )
     except (UsageError, CheckpointError, RewardSpecError) as err:
         print(f"miro-generate: {err}", file=sys.stderr)
         return 2
 
     # Image i of the run (prompts in order, each repeated --n times) uses seed + i.
     jobs = [(prompt, args.seed + i) for i, prompt in enumerate(p for p in prompts for _ in range(args.n))]
-    sampling = pipe.pretrained.sampling
+    sampling = pipe.sampling_defaults
     common = {
         "rewards": {n: targets.get(n, TARGET_MAX) for n in pipe.reward_names},
-        "negative_rewards": {n: negatives.get(n, 0.0) for n in pipe.reward_names},
+        "negative_rewards": negatives,
         "negative_prompt": args.negative_prompt,
-        "guidance": sampling.get("guidance", 1.5) if args.guidance is None else args.guidance,
-        "steps": sampling.get("steps", 25) if args.steps is None else args.steps,
+        "guidance": sampling["guidance"] if args.guidance is None else args.guidance,
+        "steps": sampling["steps"] if args.steps is None else args.steps,
+        "precision": args.precision,
         "checkpoint": str(args.checkpoint),
         "checkpoint_sha256": file_hash(Path(pipe.pretrained.path) / WEIGHTS),
     }

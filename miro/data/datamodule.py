@@ -40,7 +40,11 @@ class InMemoryShards:
     """All samples of some shards, decoded once: uint8 images, captions, reward values and masks."""
 
     def __init__(
-        self, shards: Sequence[str], image_size: int, reward_names: Sequence[str], bins: RewardBins | None,
+        self,
+        shards: Sequence[str],
+        image_size: int,
+        reward_names: Sequence[str],
+        bins: RewardBins | None,
         max_samples: int | None = None,
     ) -> None:
         images, captions, rewards, masks = [], [], [], []
@@ -91,7 +95,13 @@ class StepIndexedBatches(IterableDataset):
     """Endless batches where batch number ``s`` depends only on ``(seed, rank, s)``."""
 
     def __init__(self, data: InMemoryShards, batch_size: int, seed: int, rank: int, start_step: int) -> None:
-        self.data, self.batch_size, self.seed, self.rank, self.start_step = data, batch_size, seed, rank, start_step
+        self.data, self.batch_size, self.seed, self.rank, self.start_step = (
+            data,
+            batch_size,
+            seed,
+            rank,
+            start_step,
+        )
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         step = self.start_step
@@ -132,11 +142,15 @@ class ShardDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.reward_names and self.bins is None:
             if not self.bins_path:
-                raise ValueError("the model is conditioned on rewards but data.bins_path is not set (run fit-bins)")
+                raise ValueError(
+                    "the model is conditioned on rewards but data.bins_path is not set (run fit-bins)"
+                )
             self.bins = RewardBins.load(self.bins_path)
             missing = [n for n in self.reward_names if n not in self.bins.names]
             if missing:
-                raise ValueError(f"{self.bins_path} has no bins for reward(s) {missing}; it has {self.bins.names}")
+                raise ValueError(
+                    f"{self.bins_path} has no bins for reward(s) {missing}; it has {self.bins.names}"
+                )
         self.urls = expand_shards(self.shards)
         if self.in_memory and self._memory is None:
             self._memory = InMemoryShards(

@@ -356,6 +356,8 @@ def make_sample(
     mismatch_prob: float = 0.2,
     max_objects: int = 4,
     per_shard: int = 1000,
+    size_range: tuple[float, float] = (0.25, 0.4),
+    min_object_px: float = 7.0,
 ) -> tuple[str, Image.Image, str, dict[str, Any]]:
     """Sample ``index`` of the data set made with ``seed``: (key, image, caption, img2dataset json).
 
@@ -365,7 +367,7 @@ def make_sample(
     scene_rng, caption_rng, degrade_rng, mismatch_rng = (
         np.random.default_rng(s) for s in np.random.SeedSequence([seed, index]).spawn(4)
     )
-    scene = sample_scene(scene_rng, size, max_objects)
+    scene = sample_scene(scene_rng, size, max_objects, size_range=size_range, min_object_px=min_object_px)
     image = render_scene(scene, size)
     degradations: list[dict[str, Any]] = []
     if degrade_rng.random() < degrade_prob:
@@ -410,6 +412,8 @@ class ShapesSpec:
     degrade_prob: float = 0.3
     mismatch_prob: float = 0.2
     max_objects: int = 4
+    size_range: tuple[float, float] = (0.25, 0.4)  # object side as a fraction of the image side
+    min_object_px: float = 7.0
 
     def __post_init__(self) -> None:
         if self.size < MIN_SIZE:
@@ -418,6 +422,17 @@ class ShapesSpec:
             raise ValueError(f"max_objects must be in 1..{MAX_OBJECTS}, got {self.max_objects}")
         if self.n < 1 or self.per_shard < 1:
             raise ValueError(f"n and per_shard must be positive, got n={self.n}, per_shard={self.per_shard}")
+        lo, hi = self.size_range
+        if not 0 < lo <= hi < 1:
+            raise ValueError(f"size_range must satisfy 0 < low <= high < 1, got {self.size_range}")
+        # Two objects of the smallest allowed side must fit side by side with the gap and borders that
+        # sample_scene keeps (its defaults: gap 0.06, border 0.04 of the side).
+        smallest = max(lo, self.min_object_px / self.size)
+        if self.max_objects >= 2 and 2 * smallest + 0.06 > 1 - 2 * 0.04:
+            raise ValueError(
+                f"{self.max_objects} objects of at least {smallest * self.size:.1f} px do not fit in "
+                f"{self.size} px images; use a larger --size, --max-objects 1 or smaller objects"
+            )
         for name in ("degrade_prob", "mismatch_prob"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
@@ -441,6 +456,8 @@ def write_shard(out_dir: str | Path, spec: ShapesSpec, shard: int) -> tuple[Path
                 spec.mismatch_prob,
                 spec.max_objects,
                 spec.per_shard,
+                tuple(spec.size_range),
+                spec.min_object_px,
             )
             writer.write(
                 {
@@ -476,9 +493,13 @@ def write_shapes_shards(
     mismatch_prob: float = 0.2,
     max_objects: int = 4,
     workers: int = 1,
+    size_range: tuple[float, float] = (0.25, 0.4),
+    min_object_px: float = 7.0,
 ) -> list[Path]:
     """Write ``n`` samples as img2dataset-style shards under ``out_dir``; returns the shard paths."""
-    spec = ShapesSpec(n, size, seed, per_shard, degrade_prob, mismatch_prob, max_objects)
+    spec = ShapesSpec(
+        n, size, seed, per_shard, degrade_prob, mismatch_prob, max_objects, tuple(size_range), min_object_px
+    )
     paths = [path for path, _ in iter_write_shapes_shards(spec, out_dir, workers)]
     log.info("wrote %d shapes samples in %d shards to %s (%s)", n, len(paths), out_dir, asdict(spec))
     return paths

@@ -25,6 +25,7 @@ RELATIONS = ("above", "below", "left of", "right of")
 class BenchmarkPrompt:
     category: str
     prompt: str
+    spec: CaptionSpec  # what the prompt asserts; the judge checks exactly these facts
 
 
 def _two_distinct(rng: np.random.Generator, items: Sequence[str]) -> tuple[str, str]:
@@ -55,18 +56,35 @@ def _spec(category: str, rng: np.random.Generator) -> CaptionSpec:
 
 
 def benchmark_prompts(per_category: int = 16, seed: int = 0) -> list[BenchmarkPrompt]:
-    """The fixed prompt set: ``per_category`` distinct prompts per category (fewer if a category has
-    fewer distinct prompts), the same for every model and run with the same seed."""
+    """The fixed prompt set: ``per_category`` prompts for each category, the same for every model and
+    run with the same seed.
+
+    Prompts are interleaved (prompt j of every category, then prompt j + 1), so any prefix of the list
+    covers the categories evenly and a smaller study can reuse the first images of a larger one. A
+    category with fewer distinct prompts than ``per_category`` (single_object has 3) repeats its
+    prompts in order; a repeat is generated with its own seed, so it is a new sample, and every
+    category weighs the same in the overall accuracy.
+    """
+    if per_category < 1:
+        raise ValueError(f"per_category must be at least 1, got {per_category}")
     rng = np.random.default_rng(seed)
-    out: list[BenchmarkPrompt] = []
+    chosen: dict[str, list[tuple[str, CaptionSpec]]] = {}
     for category in CATEGORIES:
-        seen: dict[str, None] = {}
+        seen: dict[str, CaptionSpec] = {}
         for _ in range(per_category * 50):
             if len(seen) >= per_category:
                 break
-            seen.setdefault(render_caption(_spec(category, rng)))
-        out.extend(BenchmarkPrompt(category, p) for p in seen)
-    return out
+            spec = _spec(category, rng)
+            seen.setdefault(render_caption(spec), spec)
+        distinct = list(seen.items())
+        chosen[category] = [distinct[j % len(distinct)] for j in range(per_category)]
+    return [BenchmarkPrompt(c, *chosen[c][j]) for j in range(per_category) for c in CATEGORIES]
+
+
+def all_facts_hold(alignment: torch.Tensor) -> torch.Tensor:
+    """GenEval's all-or-nothing rule on alignment scores (the fraction of a prompt's facts that hold):
+    1.0 where every fact holds, else 0.0; NaN (a prompt the judge cannot check) counts as wrong."""
+    return (alignment.float() >= 1.0 - 1e-6).float()
 
 
 @dataclass
@@ -87,15 +105,18 @@ def score_benchmark(
     binomial, sqrt(p (1 - p) / n).
     """
     alignment = alignment.float()
+    if alignment.shape != (len(prompts),):
+        raise ValueError(f"{len(prompts)} prompts but alignment scores of shape {tuple(alignment.shape)}")
     rows = []
-    for category in dict.fromkeys(p.category for p in prompts):
+    present = {p.category for p in prompts}
+    for category in [c for c in CATEGORIES if c in present] + sorted(present - set(CATEGORIES)):
         idx = torch.tensor([i for i, p in enumerate(prompts) if p.category == category])
         values = alignment[idx]
-        correct = (values >= 1.0 - 1e-6).float()
-        acc = float(correct.mean())
+        acc = float(all_facts_hold(values).mean())
         rows.append(CategoryScore(category, len(idx), acc, math.sqrt(acc * (1 - acc) / len(idx)),
                                   float(values.nan_to_num(0.0).mean())))
     mean_acc = float(np.mean([r.accuracy for r in rows]))
     se = math.sqrt(sum(r.accuracy_se**2 for r in rows)) / len(rows)
-    overall = CategoryScore("overall", len(prompts), mean_acc, se, float(np.mean([r.alignment for r in rows])))
+    mean_alignment = float(np.mean([r.alignment for r in rows]))
+    overall = CategoryScore("overall", len(prompts), mean_acc, se, mean_alignment)
     return rows, overall

@@ -2,56 +2,101 @@
 
 Every number comes with its spread: means with standard errors over images, accuracies with binomial
 standard errors, so a reader can tell an effect from noise.
+
+All studies draw from one list of benchmark items (prompt, seed), and an image is defined by its item
+and the reward targets. Two consequences make the evaluation cheap and its comparisons sharp:
+
+* images are generated once and reused: every sweep's top point (that reward at 10, the others at
+  10) is the benchmark at all targets 10, and a sweep over fewer images uses the first ones;
+* comparisons between targets are *paired*: the same prompts and the same initial noise at both
+  levels, so the standard error of a difference is that of the per-image differences, which is much
+  smaller than the two unpaired standard errors combined when the noise explains much of the score.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
-from miro.eval.benchmark import BenchmarkPrompt, benchmark_prompts, score_benchmark
+from miro.eval.benchmark import BenchmarkPrompt, all_facts_hold, benchmark_prompts, score_benchmark
 from miro.pipeline import TARGET_MAX, MiroPipeline
 from miro.rewards.base import RewardModel
 
 log = logging.getLogger(__name__)
 Progress = Callable[[int], None]
+Targets = tuple[tuple[str, float], ...]  # sorted (reward, target) pairs: a hashable image condition
+ALIGNMENT = "alignment"
 
 
 @dataclass
 class EvalSettings:
-    per_category: int = 16           # benchmark prompts per category
+    """How many images each study uses.
+
+    The defaults are sized for the embedded demo: 832 images (192 benchmark items; alignment swept
+    over all of them, the other rewards over the first 32; best-of-16 on 4 prompts). Measured on the
+    reference 2-core CPU with the demo-size model (hidden 128, depth 6, 32 px, 25 steps, bf16): 89 s
+    on one thread, 52 s on two. With 192 pairs the standard error of the alignment accuracy
+    difference is at most sqrt(2 * 0.21 / 192) = 0.047 at accuracy ~0.3 even if pairing did not
+    help (it does: the same noise at both targets), so a difference of 0.1 clears two of them.
+    """
+
+    per_category: int = 16           # benchmark prompts per category (6 categories)
     samples_per_prompt: int = 2      # benchmark images per prompt
-    sweep_levels: tuple[float, ...] = (0.0, 2.5, 5.0, 7.5, 10.0)
-    sweep_images: int = 48           # images per sweep point
-    best_of_prompts: int = 6         # prompts in the best-of-N study
-    best_of_max: int = 32            # N = 1 .. best_of_max
+    sweep_levels: tuple[float, ...] = (0.0, 5.0, 10.0)
+    sweep_images: int = 32           # images per sweep point, rewards other than alignment
+    best_of_prompts: int = 4         # prompts in the best-of-N study
+    best_of_max: int = 16            # N = 1 .. best_of_max
+    all_low: bool = False            # also run the benchmark with every target at 0
     guidance: float | None = None    # None: the model's default
     steps: int | None = None
     seed: int = 0
     batch_size: int = 64
 
+    def __post_init__(self) -> None:
+        for name in ("per_category", "samples_per_prompt", "sweep_images", "best_of_prompts", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.best_of_max < 0:
+            raise ValueError(f"best_of_max must be >= 0, got {self.best_of_max}")
+        self.sweep_levels = tuple(sorted({float(x) for x in self.sweep_levels}))
+        if len(self.sweep_levels) < 2 or not all(0.0 <= x <= TARGET_MAX for x in self.sweep_levels):
+            raise ValueError(
+                f"sweep_levels needs at least two distinct targets in [0, {TARGET_MAX:g}], "
+                f"got {self.sweep_levels}"
+            )
+
 
 @dataclass
 class EvalResults:
+    """Everything :meth:`Evaluator.run` measured, keyed as the comments say (JSON-ready via to_dict)."""
+
     model: str
     settings: dict[str, Any]
-    benchmark: dict[str, list[dict[str, Any]]] = field(default_factory=dict)   # "high"/"low" -> rows
-    rewards_at: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)  # level -> reward -> stats
-    sweeps: dict[str, list[dict[str, float]]] = field(default_factory=dict)     # reward -> points
+    sampling: dict[str, Any] = field(default_factory=dict)  # guidance, steps, precision actually used
+    # condition label -> per-category rows; condition label -> reward -> mean/se/n
+    benchmark: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    rewards_at: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
+    # reward -> sweep points; reward -> "reward" (and for alignment "accuracy") -> paired top - bottom
+    sweeps: dict[str, list[dict[str, float]]] = field(default_factory=dict)
+    contrasts: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
     best_of_n: dict[str, dict[str, list[float]]] = field(default_factory=dict)  # model -> reward -> curve
     data_range: dict[str, tuple[float, float]] = field(default_factory=dict)
+    images_generated: int = 0
+    seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
 def mean_se(values: torch.Tensor) -> dict[str, float]:
+    """Mean and its standard error over the finite values (NaN = reward undefined for that image)."""
     v = values.float()[~values.float().isnan()]
     n = int(v.numel())
     if n == 0:
@@ -60,130 +105,241 @@ def mean_se(values: torch.Tensor) -> dict[str, float]:
     return {"mean": float(v.mean()), "se": se, "n": n}
 
 
+def paired_difference(high: torch.Tensor, low: torch.Tensor) -> dict[str, float]:
+    """Mean of ``high - low`` over pairs (same prompt and noise), its standard error and z = mean / se."""
+    high, low = high.float(), low.float()
+    if high.shape != low.shape:
+        raise ValueError(f"paired values need equal shapes, got {tuple(high.shape)} and {tuple(low.shape)}")
+    keep = ~(high.isnan() | low.isnan())
+    stats = mean_se(high[keep] - low[keep])
+    diff, se = stats["mean"], stats["se"]
+    if math.isnan(diff) or math.isnan(se):
+        z = float("nan")
+    elif se > 0:
+        z = diff / se
+    else:  # every pair moved by exactly the same amount
+        z = math.copysign(math.inf, diff) if diff else 0.0
+    return {"difference": diff, "se": se, "z": z, "n": stats["n"]}
+
+
+def expected_best_of(values: torch.Tensor, max_n: int | None = None) -> list[float]:
+    """Expected maximum of N samples drawn without replacement from each row of ``values`` [P, M],
+    N = 1..max_n, averaged over rows.
+
+    Uses every subset at once (the order-statistics form: the k-th smallest of M values is the best of
+    a random N-subset with probability C(k-1, N-1) / C(M, N)) instead of one running maximum, which
+    depends on the arbitrary order in which samples were drawn.
+    """
+    rows = torch.sort(values.double(), dim=1).values  # ascending
+    m = rows.shape[1]
+    max_n = m if max_n is None else min(max_n, m)
+    curve = []
+    for n in range(1, max_n + 1):
+        weights = torch.tensor([math.comb(k - 1, n - 1) for k in range(1, m + 1)], dtype=torch.float64)
+        curve.append(float((rows @ (weights / math.comb(m, n))).mean()))
+    return curve
+
+
 class Evaluator:
+    """Generates (with caching) and scores the images of every study; :meth:`run` returns the results."""
+
     def __init__(
         self, pipe: MiroPipeline, rewards: Mapping[str, RewardModel], settings: EvalSettings,
         progress: Progress | None = None,
     ) -> None:
         self.pipe, self.rewards, self.s = pipe, dict(rewards), settings
         self.progress = progress or (lambda n: None)
+        self.items: list[BenchmarkPrompt] = [
+            p for p in benchmark_prompts(settings.per_category, settings.seed)
+            for _ in range(settings.samples_per_prompt)
+        ]
+        self.seeds = [settings.seed + i for i in range(len(self.items))]
+        self._cache: dict[tuple[int, Targets], torch.Tensor] = {}
+        self.images_generated = 0
+
+    # -- what to generate ----------------------------------------------------------------------------
+    def top(self, pipe: MiroPipeline | None = None) -> dict[str, float]:
+        return dict.fromkeys((pipe or self.pipe).reward_names, TARGET_MAX)
+
+    def swept_rewards(self) -> list[str]:
+        return [name for name in self.pipe.reward_names if name in self.rewards]
+
+    def sweep_size(self, reward: str) -> int:
+        """Alignment uses every benchmark item (its accuracy is the headline number); others fewer."""
+        return len(self.items) if reward == ALIGNMENT else min(self.s.sweep_images, len(self.items))
+
+    def requests(self) -> Iterator[tuple[dict[str, float], int]]:
+        """(targets, number of benchmark items) for every image set the benchmark and sweeps use."""
+        yield self.top(), len(self.items)
+        if self.s.all_low and self.pipe.reward_names:
+            yield dict.fromkeys(self.pipe.reward_names, 0.0), len(self.items)
+        for name in self.swept_rewards():
+            for level in self.s.sweep_levels:
+                yield self.top() | {name: level}, self.sweep_size(name)
+
+    def total_images(self, with_baseline: bool = False) -> int:
+        """How many images :meth:`run` generates (for a progress bar); reused images count once."""
+        largest: dict[Targets, int] = {}
+        for targets, n in self.requests():
+            key = _key(targets)
+            largest[key] = max(largest.get(key, 0), n)
+        best_of = self.s.best_of_prompts * self.s.best_of_max * (2 if with_baseline else 1)
+        return sum(largest.values()) + best_of
 
     # -- generation and scoring --------------------------------------------------------------------
-    def generate(self, pipe: MiroPipeline, prompts: Sequence[str], seeds: Sequence[int],
-                 targets: Mapping[str, float] | None) -> torch.Tensor:
+    def generate(
+        self, pipe: MiroPipeline, prompts: Sequence[str], seeds: Sequence[int], targets: Mapping[str, float]
+    ) -> torch.Tensor:
         out = []
         for i in range(0, len(prompts), self.s.batch_size):
+            chunk = slice(i, i + self.s.batch_size)
             out.append(pipe(
-                list(prompts[i : i + self.s.batch_size]), rewards=dict(targets or {}) if pipe.reward_names else None,
-                guidance=self.s.guidance, steps=self.s.steps, seed=list(seeds[i : i + self.s.batch_size]),
-                output="tensor",
+                list(prompts[chunk]), rewards=dict(targets) if pipe.reward_names else None,
+                guidance=self.s.guidance, steps=self.s.steps, seed=list(seeds[chunk]), output="tensor",
             ))
+            self.images_generated += len(out[-1])
             self.progress(len(out[-1]))
         return torch.cat(out)
+
+    def images(self, targets: Mapping[str, float], n: int) -> torch.Tensor:
+        """Images of the first ``n`` benchmark items at ``targets``, generated only where not cached."""
+        key = (id(self.pipe), _key(targets))
+        have = self._cache.get(key)
+        done = 0 if have is None else len(have)
+        if done < n:
+            prompts = [item.prompt for item in self.items[done:n]]
+            new = self.generate(self.pipe, prompts, self.seeds[done:n], targets)
+            have = new if have is None else torch.cat([have, new])
+            self._cache[key] = have
+        return have[:n]
 
     def score(self, images: torch.Tensor, prompts: Sequence[str]) -> dict[str, torch.Tensor]:
         return {name: model.score(images, list(prompts)) for name, model in self.rewards.items()}
 
-    # -- the three studies ---------------------------------------------------------------------------
-    def benchmark(self, level: float) -> tuple[list[dict[str, Any]], dict[str, dict[str, float]], torch.Tensor]:
-        """Benchmark prompts with every reward target at ``level``: per-category table, mean rewards."""
-        items: list[BenchmarkPrompt] = [
-            p for p in benchmark_prompts(self.s.per_category, self.s.seed) for _ in range(self.s.samples_per_prompt)
-        ]
-        prompts = [p.prompt for p in items]
-        seeds = [self.s.seed + i for i in range(len(items))]
-        targets = {n: level for n in self.pipe.reward_names}
-        images = self.generate(self.pipe, prompts, seeds, targets)
-        scores = self.score(images, prompts)
+    # -- the studies --------------------------------------------------------------------------------
+    def benchmark(
+        self, targets: Mapping[str, float]
+    ) -> tuple[list[dict[str, Any]], dict[str, dict[str, float]]]:
+        """Every benchmark item at ``targets``: per-category accuracy rows and mean rewards."""
+        images = self.images(targets, len(self.items))
+        scores = self.score(images, [item.prompt for item in self.items])
         rows: list[dict[str, Any]] = []
-        if "alignment" in scores:
-            per_cat, overall = score_benchmark(items, scores["alignment"])
+        if ALIGNMENT in scores:
+            per_cat, overall = score_benchmark(self.items, scores[ALIGNMENT])
             rows = [asdict(r) for r in [*per_cat, overall]]
-        return rows, {name: mean_se(v) for name, v in scores.items()}, images
+        return rows, {name: mean_se(v) for name, v in scores.items()}
 
-    def sweep(self, reward: str) -> list[dict[str, float]]:
-        """Sweep one reward's target over the levels, others at the top; measure that reward."""
-        prompts_all = [p.prompt for p in benchmark_prompts(self.s.per_category, self.s.seed)]
-        prompts = [prompts_all[i % len(prompts_all)] for i in range(self.s.sweep_images)]
-        seeds = [self.s.seed + 10_000 + i for i in range(len(prompts))]
-        points = []
+    def sweep(self, reward: str) -> tuple[list[dict[str, float]], dict[str, dict[str, float]]]:
+        """Sweep one reward's target over the levels, others at the top, and measure that reward.
+
+        Returns the points (mean and standard error per level) and the paired top-minus-bottom
+        contrasts: of the reward itself and, for alignment, of the all-facts-hold accuracy.
+        """
+        n = self.sweep_size(reward)
+        prompts = [item.prompt for item in self.items[:n]]
+        points, values = [], []
         for level in self.s.sweep_levels:
-            targets = {n: TARGET_MAX for n in self.pipe.reward_names} | {reward: level}
-            images = self.generate(self.pipe, prompts, seeds, targets)
-            values = self.rewards[reward].score(images, prompts)
-            point = {"target": float(level), **mean_se(values)}
-            if reward == "alignment":
-                correct = (values >= 1.0 - 1e-6).float()
-                acc = float(correct.mean())
-                point |= {"accuracy": acc, "accuracy_se": math.sqrt(acc * (1 - acc) / len(values))}
+            scores = self.rewards[reward].score(self.images(self.top() | {reward: level}, n), prompts)
+            values.append(scores)
+            point = {"target": float(level), **mean_se(scores)}
+            if reward == ALIGNMENT:
+                acc = float(all_facts_hold(scores).mean())
+                point |= {"accuracy": acc, "accuracy_se": math.sqrt(acc * (1 - acc) / n)}
             points.append(point)
-        return points
+        contrasts = {"reward": paired_difference(values[-1], values[0])}
+        if reward == ALIGNMENT:
+            contrasts["accuracy"] = paired_difference(all_facts_hold(values[-1]), all_facts_hold(values[0]))
+        return points, contrasts
 
     def best_of_n(self, pipe: MiroPipeline) -> dict[str, list[float]]:
         """Expected best reward among N samples per prompt, N = 1..best_of_max (mean over prompts)."""
-        prompts_all = [p.prompt for p in benchmark_prompts(self.s.per_category, self.s.seed)]
-        step = max(1, len(prompts_all) // self.s.best_of_prompts)
-        chosen = prompts_all[::step][: self.s.best_of_prompts]
+        distinct = list(dict.fromkeys(item.prompt for item in self.items))
+        chosen = distinct[: self.s.best_of_prompts]
         prompts = [p for p in chosen for _ in range(self.s.best_of_max)]
-        seeds = [self.s.seed + 20_000 + i for i in range(len(prompts))]
-        images = self.generate(pipe, prompts, seeds, {n: TARGET_MAX for n in pipe.reward_names})
-        curves = {}
-        for name, values in self.score(images, prompts).items():
-            grid = values.nan_to_num(0.0).reshape(len(chosen), self.s.best_of_max)
-            running_max = torch.cummax(grid, dim=1).values  # [P, N]
-            curves[name] = running_max.mean(0).tolist()
-        return curves
+        seeds = [self.s.seed + 1_000_000 + i for i in range(len(prompts))]  # disjoint from the items' seeds
+        images = self.generate(pipe, prompts, seeds, self.top(pipe))
+        return {
+            name: expected_best_of(values.nan_to_num(0.0).reshape(len(chosen), self.s.best_of_max))
+            for name, values in self.score(images, prompts).items()
+        }
+
+    def conditions(self) -> dict[str, dict[str, float]]:
+        """The benchmark's conditions by label: all targets high; the alignment sweep's lowest point
+        (its per-category table shows what the alignment target alone changes); optionally all low."""
+        names = self.pipe.reward_names
+        if not names:
+            return {"unconditional": {}}
+        out = {f"all targets {TARGET_MAX:g}": self.top()}
+        if ALIGNMENT in self.swept_rewards():
+            low = self.s.sweep_levels[0]
+            out[f"alignment {low:g}, others {TARGET_MAX:g}"] = self.top() | {ALIGNMENT: low}
+        if self.s.all_low:
+            out["all targets 0"] = dict.fromkeys(names, 0.0)
+        return out
 
     def run(self, model_name: str, baseline: MiroPipeline | None = None) -> EvalResults:
-        res = EvalResults(model=model_name, settings=asdict(self.s))
+        start = time.perf_counter()
+        defaults = self.pipe.sampling_defaults
+        sampling = {
+            "guidance": defaults["guidance"] if self.s.guidance is None else self.s.guidance,
+            "steps": int(defaults["steps"] if self.s.steps is None else self.s.steps),
+            "precision": self.pipe.precision,
+        }
+        res = EvalResults(model=model_name, settings=asdict(self.s), sampling=sampling)
         bins = self.pipe.pretrained.bins
         for name in self.rewards:
             if bins is not None and name in bins.names:
                 res.data_range[name] = bins.data_range(name)
-        levels = {"high": TARGET_MAX, "low": 0.0} if self.pipe.reward_names else {"unconditional": TARGET_MAX}
-        for label, level in levels.items():
-            log.info("benchmark at %s targets", label)
-            rows, reward_stats, _ = self.benchmark(level)
-            res.benchmark[label], res.rewards_at[label] = rows, reward_stats
-        for name in self.pipe.reward_names:
-            if name in self.rewards:
-                log.info("control sweep: %s", name)
-                res.sweeps[name] = self.sweep(name)
+        for label, targets in self.conditions().items():
+            log.info("benchmark: %s", label)
+            res.benchmark[label], res.rewards_at[label] = self.benchmark(targets)
+        for name in self.swept_rewards():
+            log.info("control sweep: %s", name)
+            res.sweeps[name], res.contrasts[name] = self.sweep(name)
         if self.s.best_of_max > 0:
             res.best_of_n[model_name] = self.best_of_n(self.pipe)
             if baseline is not None:
                 res.best_of_n["baseline"] = self.best_of_n(baseline)
+        res.images_generated = self.images_generated
+        res.seconds = time.perf_counter() - start
         return res
 
-    def total_images(self, with_baseline: bool = False) -> int:
-        """How many images :meth:`run` generates (for a progress bar)."""
-        n_bench = len(benchmark_prompts(self.s.per_category, self.s.seed)) * self.s.samples_per_prompt
-        n = n_bench * (2 if self.pipe.reward_names else 1)
-        n += sum(1 for r in self.pipe.reward_names if r in self.rewards) * len(self.s.sweep_levels) * self.s.sweep_images
-        n += self.s.best_of_prompts * self.s.best_of_max * (2 if with_baseline else 1) if self.s.best_of_max else 0
-        return n
+
+def _key(targets: Mapping[str, float]) -> Targets:
+    return tuple(sorted((k, float(v)) for k, v in targets.items()))
 
 
-def control_check(res: EvalResults) -> dict[str, Any]:
-    """The demo's acceptance numbers: alignment accuracy at target 10 vs 0 (difference / its SE), and
-    whether each sweep rises with its target while staying inside the training data's range."""
-    out: dict[str, Any] = {}
-    points = res.sweeps.get("alignment")
-    if points and "accuracy" in points[0]:
-        lo, hi = points[0], points[-1]
-        diff = hi["accuracy"] - lo["accuracy"]
-        se = math.sqrt(hi["accuracy_se"] ** 2 + lo["accuracy_se"] ** 2)
+def control_check(res: EvalResults, z_threshold: float = 2.0) -> dict[str, Any]:
+    """The demo's acceptance numbers, each a paired top-minus-bottom difference with its standard error.
+
+    * alignment accuracy with its target at the top vs the bottom of the sweep (others at the top);
+    * for each swept reward: it "rises" only when its measured value at the top target exceeds the
+      bottom one by more than ``z_threshold`` standard errors (a positive difference alone is noise
+      half of the time), and "stays within the data" when every point's mean lies inside the range of
+      the training data's scores (a reward pushed outside it is likely being won by an artefact).
+    The least-squares slope over the sweep's means is reported for reading, not for the verdict.
+    """
+    out: dict[str, Any] = {"z_threshold": z_threshold}
+    accuracy = res.contrasts.get(ALIGNMENT, {}).get("accuracy")
+    points = res.sweeps.get(ALIGNMENT)
+    if accuracy and points:
         out["alignment_accuracy"] = {
-            "low_target": lo["accuracy"], "high_target": hi["accuracy"], "difference": diff, "se": se,
-            "z": diff / se if se > 0 else float("inf") if diff > 0 else 0.0,
+            "low_target": points[0]["accuracy"], "high_target": points[-1]["accuracy"], **accuracy,
+            "significant": bool(accuracy["z"] > z_threshold),
         }
     for name, pts in res.sweeps.items():
-        means = np.array([p["mean"] for p in pts])
+        means = np.array([p["mean"] for p in pts], dtype=np.float64)
+        targets = np.array([p["target"] for p in pts], dtype=np.float64)
+        finite = np.isfinite(means)
+        slope = float(np.polyfit(targets[finite], means[finite], 1)[0]) if finite.sum() > 1 else float("nan")
+        contrast = res.contrasts.get(name, {}).get("reward", {})
         rng = res.data_range.get(name)
-        slope = float(np.polyfit([p["target"] for p in pts], means, 1)[0]) if len(pts) > 1 else float("nan")
         out[name] = {
             "slope_per_target_unit": slope,
-            "rises": bool(slope > 0 and means[-1] > means[0]),
-            "within_data_range": bool(rng is None or (means.min() >= rng[0] and means.max() <= rng[1])),
+            "top_minus_bottom": contrast,
+            "rises": bool(contrast.get("z", float("nan")) > z_threshold),
+            "within_data_range": bool(
+                rng is None or (finite.all() and means.min() >= rng[0] and means.max() <= rng[1])
+            ),
         }
     return out

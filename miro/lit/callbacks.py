@@ -12,7 +12,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from miro.pipeline import generate_images, image_grid, target_values
+from miro.pipeline import generate_images, image_grid, negative_targets, target_values
 from miro.pretrained import save_pretrained
 
 log = logging.getLogger(__name__)
@@ -25,7 +25,9 @@ class ImagesPerSecond(L.Callback):
         self._last: float | None = None
         self.images_seen = 0
 
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         self._last = time.perf_counter()
 
     def on_train_batch_end(
@@ -45,10 +47,21 @@ class SampleGrid(L.Callback):
     learns, and whether the reward conditioning does anything."""
 
     def __init__(
-        self, prompts: list[str], every_n_steps: int = 500, steps: int = 25, guidance: float = 1.0,
-        high: float = 10.0, low: float = 0.0, seed: int = 0, out_dir: str | None = None,
+        self,
+        prompts: list[str],
+        every_n_steps: int = 500,
+        steps: int = 25,
+        guidance: float = 1.0,
+        high: float = 10.0,
+        low: float = 0.0,
+        seed: int = 0,
+        out_dir: str | None = None,
+        guided_rewards: list[str] | None = None,
+        upscale: int = 4,
     ) -> None:
+        self.upscale = upscale  # nearest-neighbour, so tiny images are visible in TensorBoard
         self.prompts = list(prompts)
+        self.guided_rewards = list(guided_rewards) if guided_rewards is not None else None
         self.every_n_steps = every_n_steps
         self.steps, self.guidance, self.high, self.low, self.seed = steps, guidance, high, low, seed
         self.out_dir = Path(out_dir) if out_dir else None
@@ -69,16 +82,27 @@ class SampleGrid(L.Callback):
         names = pl_module.reward_names
         levels = [self.high, self.low] if names else [None]
         for level in levels:
-            pos = target_values(names, {}, default=level) if names else None
-            neg = target_values(names, {}, default=0.0) if names else None
+            pos = neg = None
+            if names:
+                requested = dict.fromkeys(names, level)
+                pos = target_values(names, requested)
+                neg = target_values(names, negative_targets(names, requested, None, self.guided_rewards))
             rows.append(
                 generate_images(
-                    pl_module.ema_model, lambda c: pl_module.encode_text(c, ema=True), self.prompts,
-                    image_size=trainer.datamodule.image_size, positive=pos, negative=neg, guidance=self.guidance,
-                    steps=self.steps, seed=self.seed, vae=pl_module.vae, device=pl_module.device,
+                    pl_module.ema_model,
+                    lambda c: pl_module.encode_text(c, ema=True),
+                    self.prompts,
+                    image_size=trainer.datamodule.image_size,
+                    positive=pos,
+                    negative=neg,
+                    guidance=self.guidance,
+                    steps=self.steps,
+                    seed=self.seed,
+                    vae=pl_module.vae,
+                    device=pl_module.device,
                 )
             )
-        grid = image_grid(torch.cat(rows), ncol=len(self.prompts))
+        grid = image_grid(torch.cat(rows), ncol=len(self.prompts), upscale=self.upscale)
         step = trainer.global_step
         for logger in trainer.loggers:
             experiment = getattr(logger, "experiment", None)
@@ -95,7 +119,10 @@ class ExportPretrained(L.Callback):
     """At the end of training, write the EMA weights as safetensors plus config.json (miro.pretrained)."""
 
     def __init__(
-        self, out_dir: str, text_encoder: DictConfig | dict, vae: DictConfig | dict | None = None,
+        self,
+        out_dir: str,
+        text_encoder: DictConfig | dict,
+        vae: DictConfig | dict | None = None,
         sampling: DictConfig | dict | None = None,
     ) -> None:
         self.out_dir = out_dir
@@ -106,16 +133,25 @@ class ExportPretrained(L.Callback):
     @rank_zero_only
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         dm = trainer.datamodule
-        text_encoder = pl_module.ema_text_encoder if pl_module.ema_text_encoder is not None else pl_module.text_encoder
+        text_encoder = (
+            pl_module.ema_text_encoder if pl_module.ema_text_encoder is not None else pl_module.text_encoder
+        )
         text_config = dict(self.text_encoder_config)
         if isinstance(text_config.get("vocab"), dict):
             # Store the word list itself: the exported model must not depend on how a later version of
             # the code would rebuild it, since word ids index the trained embedding.
             text_config["vocab"] = list(text_encoder.words)
         path = save_pretrained(
-            self.out_dir, pl_module.ema_model, text_encoder, text_config, pl_module.reward_names,
-            getattr(dm, "bins", None), dm.image_size, self.sampling,
-            vae_config=self.vae_config, extra={"training": {"global_step": trainer.global_step}},
+            self.out_dir,
+            pl_module.ema_model,
+            text_encoder,
+            text_config,
+            pl_module.reward_names,
+            getattr(dm, "bins", None),
+            dm.image_size,
+            self.sampling,
+            vae_config=self.vae_config,
+            extra={"training": {"global_step": trainer.global_step}},
         )
         log.info("exported EMA weights to %s", path)
 

@@ -61,9 +61,19 @@ class MiroModule(L.LightningModule):
         self.vae = vae
         self.reward_names = list(reward_names)
         self.hp = dict(
-            lr=lr, betas=tuple(betas), weight_decay=weight_decay, warmup_steps=warmup_steps,
-            total_steps=total_steps, min_lr_ratio=min_lr_ratio, t_mean=t_mean, t_std=t_std, t_shift=t_shift,
-            ema_decay=ema_decay, ema_warmup=ema_warmup, caption_dropout=caption_dropout, seed=seed,
+            lr=lr,
+            betas=tuple(betas),
+            weight_decay=weight_decay,
+            warmup_steps=warmup_steps,
+            total_steps=total_steps,
+            min_lr_ratio=min_lr_ratio,
+            t_mean=t_mean,
+            t_std=t_std,
+            t_shift=t_shift,
+            ema_decay=ema_decay,
+            ema_warmup=ema_warmup,
+            caption_dropout=caption_dropout,
+            seed=seed,
         )
         self.ema_model = copy.deepcopy(model).requires_grad_(False).eval()
         self.text_trainable = bool(getattr(text_encoder, "trainable", False))
@@ -138,11 +148,18 @@ class MiroModule(L.LightningModule):
         decay = [p for p in params if p.ndim >= 2]
         no_decay = [p for p in params if p.ndim < 2]
         optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": self.hp["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=self.hp["lr"], betas=self.hp["betas"], fused=torch.cuda.is_available() and self.device.type == "cuda",
+            [
+                {"params": decay, "weight_decay": self.hp["weight_decay"]},
+                {"params": no_decay, "weight_decay": 0.0},
+            ],
+            lr=self.hp["lr"],
+            betas=self.hp["betas"],
+            fused=torch.cuda.is_available() and self.device.type == "cuda",
         )
         schedule = torch.optim.lr_scheduler.LambdaLR(
             optimizer,
-            lambda step: warmup_cosine(step, self.hp["warmup_steps"], self.hp["total_steps"], self.hp["min_lr_ratio"]),
+            lambda step: warmup_cosine(
+                step, self.hp["warmup_steps"], self.hp["total_steps"], self.hp["min_lr_ratio"]
+            ),
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}

@@ -40,17 +40,18 @@ class LatentVAE(nn.Module):
         try:
             from diffusers import AutoencoderKL
         except ImportError:
-            raise MissingVAEError(
-                "latent-space training needs diffusers: pip install 'miro[vae]'"
-            ) from None
+            raise MissingVAEError("latent-space training needs diffusers: pip install 'miro[vae]'") from None
         if config is not None:
             self.vae = AutoencoderKL(**dict(config))
         elif model_name_or_path:
             try:
-                self.vae = AutoencoderKL.from_pretrained(model_name_or_path, subfolder=subfolder, revision=revision)
+                self.vae = AutoencoderKL.from_pretrained(
+                    model_name_or_path, subfolder=subfolder, revision=revision
+                )
             except OSError as err:
                 raise MissingVAEError(
-                    f"VAE {model_name_or_path!r} is not in the Hugging Face cache and could not be downloaded "
+                    f"VAE {model_name_or_path!r} is not in the Hugging Face cache and could not be "
+                    "downloaded "
                     f"({type(err).__name__}); on a machine with internet run "
                     f"`huggingface-cli download {model_name_or_path}` and copy HF_HOME here"
                 ) from None

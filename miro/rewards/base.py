@@ -29,7 +29,15 @@ _ALIASES: dict[str, str] = {}
 _BUILTIN_MODULES = tuple(
     f"miro.rewards.{m}"
     for m in (
-        "offline", "alignment", "aesthetic", "hps", "imagereward", "pick", "vqa", "jina_clip", "sci",
+        "offline",
+        "alignment",
+        "aesthetic",
+        "hps",
+        "imagereward",
+        "pick",
+        "vqa",
+        "jina_clip",
+        "sci",
     )
 )
 
@@ -88,7 +96,9 @@ class RewardModel(ABC):
 
 def _check_uint8(images: torch.Tensor) -> torch.Tensor:
     if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
-        raise ValueError(f"expected uint8 images of shape [B, 3, H, W], got {images.dtype} {tuple(images.shape)}")
+        raise ValueError(
+            f"expected uint8 images of shape [B, 3, H, W], got {images.dtype} {tuple(images.shape)}"
+        )
     return images.cpu()
 
 

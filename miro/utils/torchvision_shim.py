@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import argparse
 import importlib.abc
-import os
 import importlib.util
+import os
 import subprocess
 import sys
 import sysconfig
@@ -96,7 +96,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args.install:
         return 1
     pth.write_text("import miro.utils.torchvision_shim as _s; _s.activate()\n")
-    proc = subprocess.run([sys.executable, "-c", "import torchvision, lightning"], capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", "import torchvision, lightning"], capture_output=True, text=True
+    )
     if proc.returncode != 0:
         print("The torchvision shim did not fix the import:\n" + proc.stderr[-2000:])
         return 1

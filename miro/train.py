@@ -6,6 +6,7 @@ Only wiring: build the pieces the config names, call ``fit``, say where everythi
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 
 import hydra
@@ -14,6 +15,10 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger("miro.train")
+
+
+# The EMA copies are in eval mode on purpose; Lightning's warning about them is noise.
+warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
 
 
 def build(cfg: DictConfig) -> tuple[L.LightningModule, L.LightningDataModule, L.Trainer]:

@@ -236,3 +236,15 @@ def test_cli_rejects_bad_arguments(tmp_path: Path, capsys: pytest.CaptureFixture
     assert "mismatch_prob" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         data_main(["cubes", "--out", str(tmp_path)])
+
+
+def test_object_size_options_reach_the_scenes_and_impossible_worlds_are_refused(tmp_path: Path) -> None:
+    _, _, _, meta = make_sample(0, 7, size=24, max_objects=2, size_range=(0.3, 0.5))
+    assert all(0.3 - 1e-6 <= o["size"] <= 0.5 + 1e-6 for o in meta["scene"]["objects"])
+    with pytest.raises(ValueError, match="2 objects of at least 7.0 px do not fit in 16 px images"):
+        ShapesSpec(n=1, size=16, max_objects=2)
+    with pytest.raises(ValueError, match="size_range"):
+        ShapesSpec(n=1, size_range=(0.5, 0.3))
+    argv = ["shapes", "--out", str(tmp_path), "--n", "3", "--size", "16", "--max-objects", "2"]
+    assert data_main(argv) == 2
+    assert not list(tmp_path.glob("*.tar"))

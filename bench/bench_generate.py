@@ -15,13 +15,11 @@ import time
 from pathlib import Path
 
 import torch
-from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from machine import machine
 
+from miro.config import compose_config
 from miro.pipeline import generate_images
-
-CONF = Path(__file__).resolve().parents[1] / "conf"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,8 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose("train", [f"+experiment={args.experiment}"])
+    cfg = compose_config("train", [f"+experiment={args.experiment}"])
     text = instantiate(cfg.text_encoder).eval()
     model = instantiate(cfg.model, text_dim=text.dim, reward_names=list(cfg.reward_names)).eval()
     prompts = ["a red circle above a blue square"] * args.batch

@@ -18,15 +18,13 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from hydra import compose, initialize_config_dir
 from machine import machine
 
+from miro.config import compose_config
 from miro.data.bins import fit_from_shards
 from miro.data.shapes import write_shapes_shards
 from miro.scoring import build_rewards, reward_specs, score_shards
 from miro.train import build
-
-CONF = Path(__file__).resolve().parents[1] / "conf"
 
 
 class StepTimer(L.Callback):
@@ -58,21 +56,20 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-            cfg = compose(
-                "train",
-                [
-                    f"+experiment={args.experiment}",
-                    f"paths.data_dir={root}",
-                    f"paths.output_dir={root / 'run'}",
-                    f"trainer.max_steps={args.warmup + args.steps}",
-                    "callbacks=none",
-                    "logger=none",
-                    "trainer.enable_progress_bar=false",
-                    "trainer.enable_model_summary=false",
-                    *args.overrides,
-                ],
-            )
+        cfg = compose_config(
+            "train",
+            [
+                f"+experiment={args.experiment}",
+                f"paths.data_dir={root}",
+                f"paths.output_dir={root / 'run'}",
+                f"trainer.max_steps={args.warmup + args.steps}",
+                "callbacks=none",
+                "logger=none",
+                "trainer.enable_progress_bar=false",
+                "trainer.enable_model_summary=false",
+                *args.overrides,
+            ],
+        )
         write_shapes_shards(root / "shards", n=args.n, size=cfg.data.image_size, per_shard=1000)
         score_shards(
             str(root / "shards"), root / "scored", build_rewards(reward_specs(list(cfg.reward_names)))

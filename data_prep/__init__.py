@@ -14,20 +14,18 @@ import logging
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from pathlib import Path
 
-from hydra import compose, initialize_config_dir
 from hydra.errors import HydraException, MissingConfigException, OverrideParseException
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.logging import RichHandler
 
+from miro.config import CONF_DIR, compose_config
 from miro.data.shards import ShardInputError
 from miro.rewards.base import UnknownRewardError
 from miro.rewards.weights import MissingWeightsError
 from miro.scoring import ScoringConfigError
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 USAGE_ERRORS = (
     ShardInputError, UnknownRewardError, ScoringConfigError, FileNotFoundError, MissingWeightsError,
 )
@@ -69,11 +67,6 @@ def require(cfg: DictConfig, *keys: str) -> None:
     missing = [k for k in keys if OmegaConf.is_missing(cfg, k)]
     if missing:
         raise ScoringConfigError(f"missing required option(s): {' '.join(f'{k}=...' for k in missing)}")
-
-
-def compose_config(config_name: str, overrides: Sequence[str]) -> DictConfig:
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose(config_name=config_name, overrides=list(overrides))
 
 
 def run_stage(

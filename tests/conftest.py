@@ -2,34 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from omegaconf import DictConfig
 
+from miro.cli.rewards import MIRO_SEVEN
 from miro.data.bins import fit_from_shards
 from miro.data.shapes import write_shapes_shards
 from miro.data.shards import atomic_shard_writer, iter_shard
 from miro.scoring import build_rewards, encode_rewards, reward_specs, score_shards
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 # The test models are tiny: one thread is as fast as two, and immune to the stalls of OpenMP threads
 # that wait for each other on a busy machine (measured 70x slower training steps under load).
 torch.set_num_threads(1)
 OFFLINE_REWARDS = ["alignment", "sharpness", "colorfulness", "compressibility"]
-MIRO_SEVEN = ["aesthetic", "hps", "imagereward", "pick", "vqa", "clip", "sci"]
-
-
-def compose_config(config_name: str, overrides: Sequence[str]) -> DictConfig:
-    """Compose ``conf/<config_name>.yaml`` with command-line style overrides, as the CLIs do."""
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose(config_name=config_name, overrides=list(overrides))
 
 
 @pytest.fixture(scope="session")

@@ -943,11 +943,9 @@ def test_cli_lists_and_reports_missing_weights(offline_empty, capsys):
 
 
 def test_reward_configs_compose():
-    from hydra import compose, initialize_config_dir
+    from miro.config import compose_config
 
-    conf = Path(__file__).resolve().parents[1] / "conf"
-    with initialize_config_dir(config_dir=str(conf), version_base=None):
-        cfg = compose(config_name="rewards/miro7")
+    cfg = compose_config("rewards/miro7")
     rewards = cfg.rewards
     assert sorted(rewards) == sorted(["aesthetic", "hps", "imagereward", "pick", "vqa", "clip", "sci"])
     for name, spec in rewards.items():

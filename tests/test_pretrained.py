@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import OFFLINE_REWARDS
 from safetensors.torch import load_file
 
 from miro.data.bins import RewardBins
@@ -29,7 +30,6 @@ from miro.pretrained import (
     state_mismatch,
 )
 
-OFFLINE_REWARDS = ["alignment", "sharpness", "colorfulness", "compressibility"]
 TEXT_CONFIG = {"_target_": "miro.models.text.WordTextEncoder", "dim": 16, "depth": 1, "num_heads": 2}
 SAMPLING = {"guidance": 1.5, "steps": 3, "shift": 1.0}
 

@@ -11,9 +11,9 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from conftest import compose_config
 from safetensors.torch import load_file
 
+from miro.config import compose_config
 from miro.pretrained import load_pretrained
 from miro.train import build
 

@@ -13,7 +13,8 @@ from miro.eval.report import write_report
 from miro.eval.runner import EvalSettings, Evaluator
 from miro.pipeline import PRECISIONS, MiroPipeline
 from miro.pretrained import CheckpointError
-from miro.rewards.base import RewardModel, UnknownRewardError, build_reward
+from miro.rewards.base import RewardModel, UnknownRewardError
+from miro.scoring import build_rewards, reward_specs
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -60,13 +61,10 @@ def settings_from_args(args: argparse.Namespace) -> EvalSettings:
     )
 
 
-def build_rewards(spec: str | None, pipe: MiroPipeline) -> dict[str, RewardModel]:
+def measured_rewards(spec: str | None, pipe: MiroPipeline) -> dict[str, RewardModel]:
+    """The rewards to measure images with, built exactly as the scoring stage builds them."""
     names = spec.split(",") if spec else ["alignment", *pipe.reward_names]
-    rewards = {}
-    for name in dict.fromkeys(n.strip() for n in names if n.strip()):
-        model = build_reward(name)
-        rewards[model.name] = model
-    return rewards
+    return build_rewards(reward_specs([n.strip() for n in names if n.strip()]))
 
 
 def model_name(checkpoint: str) -> str:
@@ -84,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         baseline = None
         if args.baseline:
             baseline = MiroPipeline.from_pretrained(args.baseline, args.device, args.precision)
-        rewards = build_rewards(args.rewards, pipe)
+        rewards = measured_rewards(args.rewards, pipe)
     except (CheckpointError, UnknownRewardError, ValueError, OSError) as err:
         print(f"miro-eval: {err}", file=sys.stderr)
         return 2

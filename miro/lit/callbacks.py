@@ -59,7 +59,8 @@ class SampleGrid(L.Callback):
         guided_rewards: list[str] | None = None,
         upscale: int = 4,
     ) -> None:
-        self.upscale = upscale  # nearest-neighbour, so tiny images are visible in TensorBoard
+        self.upscale = upscale
+        self._last_step: int | None = None  # nearest-neighbour, so tiny images are visible in TensorBoard
         self.prompts = list(prompts)
         self.guided_rewards = list(guided_rewards) if guided_rewards is not None else None
         self.every_n_steps = every_n_steps
@@ -73,7 +74,8 @@ class SampleGrid(L.Callback):
             self.log_grid(trainer, pl_module)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.log_grid(trainer, pl_module)
+        if trainer.global_step != self._last_step:  # the final step's grid may already exist
+            self.log_grid(trainer, pl_module)
 
     @rank_zero_only
     @torch.no_grad()
@@ -104,6 +106,7 @@ class SampleGrid(L.Callback):
             )
         grid = image_grid(torch.cat(rows), ncol=len(self.prompts), upscale=self.upscale)
         step = trainer.global_step
+        self._last_step = step
         for logger in trainer.loggers:
             experiment = getattr(logger, "experiment", None)
             if hasattr(experiment, "add_image"):

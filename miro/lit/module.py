@@ -15,11 +15,10 @@ from typing import Any
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from miro.data.datamodule import step_seed
-from miro.flow.path import interpolate, sample_timesteps, velocity_target
+from miro.flow.path import flow_loss, interpolate, sample_timesteps
 from miro.lit.ema import ema_decay_at, update_ema
 
 
@@ -102,7 +101,7 @@ class MiroModule(L.LightningModule):
         with torch.no_grad():
             return self.vae.encode(images)
 
-    def flow_loss(self, batch: dict[str, Any], generator: torch.Generator) -> torch.Tensor:
+    def batch_loss(self, batch: dict[str, Any], generator: torch.Generator) -> torch.Tensor:
         x0 = self.to_latents(batch["image"])
         n = x0.shape[0]
         captions = list(batch["caption"])
@@ -120,13 +119,13 @@ class MiroModule(L.LightningModule):
         rewards = batch["rewards"] if self.reward_names else None
         reward_mask = batch["reward_mask"] if self.reward_names else None
         v = self._forward(x_t, t, tokens, mask, rewards, reward_mask)
-        return F.mse_loss(v.float(), velocity_target(x0, noise).float())
+        return flow_loss(v, x0, noise)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         gen = torch.Generator(device=self.device).manual_seed(
             step_seed(self.hp["seed"], self.global_rank, self.global_step)
         )
-        loss = self.flow_loss(batch, gen)
+        loss = self.batch_loss(batch, gen)
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["caption"]))
         return loss
 

@@ -155,6 +155,7 @@ def test_cc12m_recipe_composes_and_trains_with_tiny_stand_ins(
         "train",
         [
             "+experiment=cc12m",
+            "data=webdataset",
             f"paths.data_dir={seven_reward_shards}",
             f"paths.output_dir={tmp_path}",
             "data.shards=${paths.data_dir}/scored",
@@ -205,3 +206,126 @@ def test_two_process_ddp_on_cpu_completes(scored_shapes: Path, tmp_path: Path) -
     assert proc.stdout.count("Exported model:") == 1  # rank 0 reports, once
     assert (out / "export" / "model.safetensors").is_file()
     assert (out / "checkpoints" / "last.ckpt").is_file()
+
+
+# ---------------------------------------------------------------------------------------------------
+# cc12m from cached shards (data_prep.cache_latents): no JPEG decoding, no frozen encoder in the step
+
+TINY_VAE_OVERRIDE = (
+    "+vae.config={down_block_types:[DownEncoderBlock2D,DownEncoderBlock2D],"
+    "up_block_types:[UpDecoderBlock2D,UpDecoderBlock2D],block_out_channels:[8,16],"
+    "layers_per_block:1,latent_channels:4,norm_num_groups:4}"
+)
+
+
+@pytest.fixture(scope="module")
+def cached_seven_reward_shards(seven_reward_shards: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The seven-reward stand-in shards through the caching stage (tiny random VAE, offline MiniLM):
+    ``<dir>/cached`` and ``<dir>/bins.json``, the layout +experiment=cc12m reads."""
+    from data_prep.cache_latents import stage
+
+    root = tmp_path_factory.mktemp("cc12m_cached")
+    stage(
+        compose_config(
+            "cache_latents",
+            [
+                f"input={seven_reward_shards / 'scored'}",
+                f"output={root / 'cached'}",
+                "text_encoder=minilm",
+                "vae.model_name_or_path=null",
+                TINY_VAE_OVERRIDE,
+                "image_size=16",
+                "latent=mean_std",
+                "progress=false",
+            ],
+        )
+    )
+    (root / "bins.json").write_bytes((seven_reward_shards / "bins.json").read_bytes())
+    return root
+
+
+def _cc12m_cached(data_dir: Path, out_dir: Path, *extra: str) -> list[str]:
+    return [
+        "+experiment=cc12m",
+        f"paths.data_dir={data_dir}",
+        f"paths.output_dir={out_dir}",
+        "data.shards=${paths.data_dir}/cached",
+        "data.batch_size=4",
+        "data.num_workers=0",
+        "data.shuffle_buffer=8",
+        "data.pin_memory=false",
+        "text_encoder=minilm",
+        "vae.model_name_or_path=null",
+        TINY_VAE_OVERRIDE,
+        "model.size=tiny",
+        "model.image_size=8",
+        "module.compile=false",
+        "~callbacks.sample_grid",
+        "logger=none",
+        "trainer.enable_progress_bar=false",
+        *extra,
+    ]
+
+
+def test_cc12m_trains_from_cached_shards_without_running_the_encoders(
+    cached_seven_reward_shards: Path, tmp_path: Path
+) -> None:
+    recipe = compose_config("train", ["+experiment=cc12m"])
+    assert recipe.data.cached and recipe.data.shards == "demo/cached/{00000..00099}.tar"
+    assert not compose_config("train", ["+experiment=cc12m", "data=webdataset"]).data.get("cached", False)
+
+    cfg = compose_config(
+        "train",
+        _cc12m_cached(
+            cached_seven_reward_shards, tmp_path, "trainer=cpu", "trainer.max_steps=2",
+            "+module.caption_dropout=0.5", "model.grad_checkpointing=true", "~callbacks.checkpoint",
+            "~callbacks.export",
+        ),
+    )
+    module, datamodule, trainer = build(cfg)
+    seen: list[list[str]] = []
+    encode = module.text_encoder.forward
+
+    def spy(captions):  # noqa: ANN001, ANN202
+        seen.append(list(captions))
+        return encode(captions)
+
+    def no_vae(images):  # noqa: ANN001, ANN202
+        raise AssertionError("the VAE encoded images although the batch holds cached latents")
+
+    module.text_encoder.forward = spy
+    module.vae.encode = no_vae
+    trainer.fit(module, datamodule=datamodule)
+    assert trainer.global_step == 2
+    assert module.model.num_rewards == 7 and module.model.grad_checkpointing
+    assert seen and all(captions == [""] for captions in seen)  # only the dropped captions' stand-in
+
+
+def test_cc12m_from_cached_shards_in_two_process_ddp_on_cpu(
+    cached_seven_reward_shards: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "ddp"
+    cmd = [
+        sys.executable, "-m", "miro.train",
+        *_cc12m_cached(cached_seven_reward_shards, out, "trainer=ddp_cpu", "trainer.max_steps=2"),
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "All distributed processes registered. Starting with 2 processes" in proc.stderr + proc.stdout
+    assert proc.stdout.count("Exported model:") == 1
+    assert (out / "export" / "model.safetensors").is_file()
+    assert (out / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_fsdp_trainer_config_wraps_each_dit_block() -> None:
+    """FSDP needs CUDA (Lightning refuses it on CPU), so only the strategy the config builds is checked."""
+    from hydra.utils import instantiate
+
+    from miro.models.dit import DiTBlock
+
+    cfg = compose_config("train", ["+experiment=cc12m", "trainer=fsdp"])
+    assert cfg.trainer.precision == "bf16-mixed" and cfg.trainer.devices == -1
+    strategy = instantiate(cfg.trainer.strategy)
+    assert strategy.kwargs["auto_wrap_policy"]._module_classes == {DiTBlock}
+    assert strategy.kwargs["use_orig_params"]

@@ -9,12 +9,17 @@ Two ways to feed the model, chosen by ``in_memory``:
   into one uint8 tensor, and batch ``s`` is drawn with a generator seeded by ``(seed, rank, s)``. On a
   2-core laptop that removes JPEG decoding from the training loop, and because the batch depends only on
   the step, a run resumed from a checkpoint sees exactly the batches a continuous run would have.
+
+Orthogonally, ``cached`` picks what a sample holds (:mod:`miro.data.samples`): raw images and captions,
+or the VAE latents and text-encoder features that ``data_prep.cache_latents`` stored with them. Cached
+batches carry ``latent`` and ``text_tokens``/``text_mask`` instead of ``image`` (captions stay, for
+logging), and the training step then runs neither the VAE nor the text encoder.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from functools import partial
 from typing import Any
 
@@ -24,7 +29,16 @@ import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset
 
 from miro.data.bins import RewardBins
-from miro.data.samples import SampleDecodeError, collate, decode_sample, to_model_range
+from miro.data.samples import (
+    LATENT_EXT,
+    SampleDecodeError,
+    collate,
+    collate_cached,
+    decode_cached_sample,
+    decode_sample,
+    pad_tokens,
+    to_model_range,
+)
 from miro.data.shards import expand_shards, iter_shard
 
 log = logging.getLogger(__name__)
@@ -34,6 +48,30 @@ def _skip_and_log(err: Exception) -> bool:
     """webdataset handler: skip a bad sample, say which, keep going."""
     log.warning("skipping sample: %s", err)
     return True
+
+
+def decode_all(
+    shards: Sequence[str], decode: Callable[[dict[str, Any]], dict[str, Any]], max_samples: int | None
+) -> tuple[list[dict[str, Any]], int]:
+    """Every decodable sample of ``shards`` (up to ``max_samples``) and how many were skipped."""
+    examples: list[dict[str, Any]] = []
+    skipped = 0
+    for path in shards:
+        for raw in iter_shard(path):
+            try:
+                examples.append(decode(raw))
+            except SampleDecodeError as err:
+                skipped += 1
+                log.warning("%s: %s", path, err)
+                continue
+            if max_samples is not None and len(examples) >= max_samples:
+                break
+        if max_samples is not None and len(examples) >= max_samples:
+            break
+    if not examples:
+        raise ValueError(f"no usable samples in {list(shards)[:3]}... ({skipped} skipped)")
+    log.info("loaded %d samples into memory (%d skipped)", len(examples), skipped)
+    return examples, skipped
 
 
 class InMemoryShards:
@@ -47,32 +85,12 @@ class InMemoryShards:
         bins: RewardBins | None,
         max_samples: int | None = None,
     ) -> None:
-        images, captions, rewards, masks = [], [], [], []
-        skipped = 0
-        for path in shards:
-            for raw in iter_shard(path):
-                try:
-                    ex = decode_sample(raw, image_size, reward_names, bins)
-                except SampleDecodeError as err:
-                    skipped += 1
-                    log.warning("%s: %s", path, err)
-                    continue
-                images.append(ex["image"])
-                captions.append(ex["caption"])
-                rewards.append(ex["rewards"])
-                masks.append(ex["reward_mask"])
-                if max_samples is not None and len(images) >= max_samples:
-                    break
-            if max_samples is not None and len(images) >= max_samples:
-                break
-        if not images:
-            raise ValueError(f"no usable samples in {list(shards)[:3]}... ({skipped} skipped)")
-        self.images = torch.stack(images)
-        self.captions = captions
-        self.rewards = torch.stack(rewards)
-        self.reward_mask = torch.stack(masks)
-        self.skipped = skipped
-        log.info("loaded %d samples into memory (%d skipped)", len(captions), skipped)
+        decode = partial(decode_sample, image_size=image_size, reward_names=reward_names, bins=bins)
+        examples, self.skipped = decode_all(shards, decode, max_samples)
+        self.images = torch.stack([e["image"] for e in examples])
+        self.captions = [e["caption"] for e in examples]
+        self.rewards = torch.stack([e["rewards"] for e in examples])
+        self.reward_mask = torch.stack([e["reward_mask"] for e in examples])
 
     def __len__(self) -> int:
         return len(self.captions)
@@ -86,6 +104,50 @@ class InMemoryShards:
         }
 
 
+class InMemoryCachedShards:
+    """All samples of some cached shards: latents (and posterior stds), unpadded text features, rewards."""
+
+    def __init__(
+        self,
+        shards: Sequence[str],
+        reward_names: Sequence[str],
+        bins: RewardBins | None,
+        max_samples: int | None = None,
+    ) -> None:
+        decode = partial(decode_cached_sample, reward_names=reward_names, bins=bins)
+        examples, self.skipped = decode_all(shards, decode, max_samples)
+        with_std = sum("latent_std" in e for e in examples)
+        if with_std not in (0, len(examples)):
+            raise ValueError(
+                f"{with_std} of {len(examples)} cached samples have latent_std.npy: the shards were cached "
+                "with different latent modes; re-cache them with one"
+            )
+        self.latents = torch.stack([e["latent"] for e in examples])
+        self.latent_std = torch.stack([e["latent_std"] for e in examples]) if with_std else None
+        self.text_tokens = [e["text_tokens"] for e in examples]  # float16, unpadded
+        self.captions = [e["caption"] for e in examples]
+        self.rewards = torch.stack([e["rewards"] for e in examples])
+        self.reward_mask = torch.stack([e["reward_mask"] for e in examples])
+
+    def __len__(self) -> int:
+        return len(self.captions)
+
+    def batch(self, index: torch.Tensor) -> dict[str, Any]:
+        rows = index.tolist()
+        text_tokens, text_mask = pad_tokens([self.text_tokens[i] for i in rows])
+        batch = {
+            "latent": self.latents[index],
+            "text_tokens": text_tokens,
+            "text_mask": text_mask,
+            "caption": [self.captions[i] for i in rows],
+            "rewards": self.rewards[index],
+            "reward_mask": self.reward_mask[index],
+        }
+        if self.latent_std is not None:
+            batch["latent_std"] = self.latent_std[index]
+        return batch
+
+
 def step_seed(seed: int, rank: int, step: int) -> int:
     """A distinct, process-independent RNG seed per (run seed, rank, step)."""
     return ((seed * 1_000_003 + rank) * 1_000_033 + step) % (2**63)
@@ -94,7 +156,14 @@ def step_seed(seed: int, rank: int, step: int) -> int:
 class StepIndexedBatches(IterableDataset):
     """Endless batches where batch number ``s`` depends only on ``(seed, rank, s)``."""
 
-    def __init__(self, data: InMemoryShards, batch_size: int, seed: int, rank: int, start_step: int) -> None:
+    def __init__(
+        self,
+        data: InMemoryShards | InMemoryCachedShards,
+        batch_size: int,
+        seed: int,
+        rank: int,
+        start_step: int,
+    ) -> None:
         self.data, self.batch_size, self.seed, self.rank, self.start_step = (
             data,
             batch_size,
@@ -112,6 +181,13 @@ class StepIndexedBatches(IterableDataset):
 
 
 class ShardDataModule(L.LightningDataModule):
+    """Training batches from annotated shards; see the module docstring for the modes.
+
+    ``image_size`` is ignored when ``cached`` (the latents were made at the size ``cache-latents`` was
+    given). ``pin_memory`` speeds up host-to-GPU copies; ``prefetch_factor`` batches are kept ready
+    per worker.
+    """
+
     def __init__(
         self,
         shards: str | list[str],
@@ -124,6 +200,9 @@ class ShardDataModule(L.LightningDataModule):
         in_memory: bool = False,
         max_in_memory_samples: int | None = None,
         seed: int = 0,
+        cached: bool = False,
+        pin_memory: bool = False,
+        prefetch_factor: int | None = None,
     ) -> None:
         super().__init__()
         self.shards = shards
@@ -136,8 +215,11 @@ class ShardDataModule(L.LightningDataModule):
         self.in_memory = in_memory
         self.max_in_memory_samples = max_in_memory_samples
         self.seed = seed
+        self.cached = cached
+        self.pin_memory = pin_memory
+        self.prefetch_factor = prefetch_factor
         self.bins: RewardBins | None = None
-        self._memory: InMemoryShards | None = None
+        self._memory: InMemoryShards | InMemoryCachedShards | None = None
 
     def setup(self, stage: str | None = None) -> None:
         if self.reward_names and self.bins is None:
@@ -152,9 +234,33 @@ class ShardDataModule(L.LightningDataModule):
                     f"{self.bins_path} has no bins for reward(s) {missing}; it has {self.bins.names}"
                 )
         self.urls = expand_shards(self.shards)
+        if not self.in_memory:
+            self._check_mode(self.urls[0])
         if self.in_memory and self._memory is None:
-            self._memory = InMemoryShards(
-                self.urls, self.image_size, self.reward_names, self.bins, self.max_in_memory_samples
+            if self.cached:
+                self._memory = InMemoryCachedShards(
+                    self.urls, self.reward_names, self.bins, self.max_in_memory_samples
+                )
+            else:
+                self._memory = InMemoryShards(
+                    self.urls, self.image_size, self.reward_names, self.bins, self.max_in_memory_samples
+                )
+
+    def _check_mode(self, shard: str) -> None:
+        """Fail now if the shards do not hold what the mode reads: the endless resampled stream would
+        otherwise skip every sample, one warning at a time, and never yield a batch."""
+        first = next(iter_shard(shard), None)
+        if first is None:
+            raise ValueError(f"shard {shard} is empty")
+        if self.cached and LATENT_EXT not in first:
+            raise ValueError(
+                f"data.cached is true but shard {shard} has no {LATENT_EXT} (sample {first['__key__']}): "
+                "run cache-latents on the shards, or train from raw images (data=webdataset)"
+            )
+        if not self.cached and not any(ext in first for ext in ("jpg", "jpeg", "png", "webp")):
+            raise ValueError(
+                f"shard {shard} has no image (sample {first['__key__']}); if it holds cached latents, set "
+                "data.cached=true (data=cached)"
             )
 
     def train_dataloader(self) -> DataLoader:
@@ -162,10 +268,15 @@ class ShardDataModule(L.LightningDataModule):
         start = self.trainer.global_step if self.trainer is not None else 0
         if self._memory is not None:
             dataset = StepIndexedBatches(self._memory, self.batch_size, self.seed, rank, start)
-            return DataLoader(dataset, batch_size=None, num_workers=0)
-        decode = partial(
-            decode_sample, image_size=self.image_size, reward_names=self.reward_names, bins=self.bins
-        )
+            return DataLoader(dataset, batch_size=None, num_workers=0, pin_memory=self.pin_memory)
+        if self.cached:
+            decode = partial(decode_cached_sample, reward_names=self.reward_names, bins=self.bins)
+            collation = collate_cached
+        else:
+            decode = partial(
+                decode_sample, image_size=self.image_size, reward_names=self.reward_names, bins=self.bins
+            )
+            collation = collate
         pipeline = wds.DataPipeline(
             # webdataset mixes rank and worker id into this seed; the start step makes a resumed run
             # draw a fresh stream instead of replaying the shards it already saw.
@@ -173,8 +284,13 @@ class ShardDataModule(L.LightningDataModule):
             wds.tarfile_to_samples(handler=_skip_and_log),
             wds.shuffle(self.shuffle_buffer),
             wds.map(decode, handler=_skip_and_log),
-            wds.batched(self.batch_size, collation_fn=collate, partial=False),
+            wds.batched(self.batch_size, collation_fn=collation, partial=False),
         )
         return DataLoader(
-            pipeline, batch_size=None, num_workers=self.num_workers, persistent_workers=self.num_workers > 0
+            pipeline,
+            batch_size=None,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=self.pin_memory,
+            prefetch_factor=self.prefetch_factor if self.num_workers > 0 else None,
         )

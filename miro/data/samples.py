@@ -1,7 +1,28 @@
 """Turn one raw annotated sample into training tensors.
 
-One function, shared by the streaming pipeline and the in-memory cache, so the two can never disagree
-on how an image is normalised or how raw reward scores become conditioning values.
+One function per mode, shared by the streaming pipeline and the in-memory cache, so the two can never
+disagree on how an image is normalised or how raw reward scores become conditioning values.
+
+Two modes:
+
+* **raw**: ``KEY.jpg`` + ``KEY.txt`` -> an image in [-1, 1] that the training step encodes with the VAE,
+  and a caption the text encoder reads (:func:`decode_sample`, :func:`collate`).
+* **cached** (written by ``data_prep.cache_latents``): the VAE latent and the text encoder's token
+  features are stored with the sample, so a training step decodes no JPEG and runs no frozen encoder
+  (:func:`decode_cached_sample`, :func:`collate_cached`). The cached fields, all ``.npy`` bytes
+  (``numpy.save``, never pickled):
+
+  ==================  =========================================================================
+  ``latent.npy``      float32 [C, h, w]: the VAE posterior mean (or one posterior sample), already
+                      on the diffusion scale (``(z - shift) * scaling_factor``)
+  ``latent_std.npy``  float32 [C, h, w], optional: the posterior's standard deviation on the same
+                      scale; when present, every training step draws ``mean + std * eps``
+  ``text_tokens.npy`` float16 [L, D]: the encoder's features of the L real tokens only (no
+                      padding; the batch pads and builds the mask)
+  ==================  =========================================================================
+
+  The caption (``txt``) and rewards (``rewards.json``) are kept as they were, so binning, logging and
+  sample grids work as in raw mode.
 """
 
 from __future__ import annotations
@@ -68,6 +89,30 @@ def reward_conditioning(
     return values, present
 
 
+def caption_of(sample: dict[str, Any], key: str) -> str:
+    if "txt" not in sample:
+        raise SampleDecodeError(f"sample {key}: no caption (txt) field")
+    txt = sample["txt"]
+    if not isinstance(txt, bytes):
+        return str(txt)
+    try:
+        return txt.decode("utf-8")
+    except UnicodeDecodeError:
+        raise SampleDecodeError(f"sample {key}: caption (txt) is not UTF-8") from None
+
+
+def raw_scores(sample: dict[str, Any], key: str, reward_names: Sequence[str]) -> dict[str, float]:
+    """The raw scores of ``rewards.json`` ({} when no reward is conditioned on)."""
+    if not reward_names:
+        return {}
+    if "rewards.json" not in sample:
+        raise SampleDecodeError(f"sample {key}: no rewards.json field (score the shards first)")
+    try:
+        return json.loads(sample["rewards.json"])["scores"]
+    except (ValueError, KeyError, TypeError) as err:
+        raise SampleDecodeError(f"sample {key}: malformed rewards.json ({err})") from None
+
+
 def decode_sample(
     sample: dict[str, Any], image_size: int, reward_names: Sequence[str], bins: RewardBins | None
 ) -> dict[str, Any]:
@@ -76,18 +121,8 @@ def decode_sample(
     image_bytes = next((sample[ext] for ext in ("jpg", "jpeg", "png", "webp") if ext in sample), None)
     if image_bytes is None:
         raise SampleDecodeError(f"sample {key}: no image (jpg/png/webp) field")
-    if "txt" not in sample:
-        raise SampleDecodeError(f"sample {key}: no caption (txt) field")
-    caption = sample["txt"].decode("utf-8") if isinstance(sample["txt"], bytes) else str(sample["txt"])
-    scores: dict[str, float] = {}
-    if reward_names:
-        if "rewards.json" not in sample:
-            raise SampleDecodeError(f"sample {key}: no rewards.json field (score the shards first)")
-        try:
-            scores = json.loads(sample["rewards.json"])["scores"]
-        except (ValueError, KeyError, TypeError) as err:
-            raise SampleDecodeError(f"sample {key}: malformed rewards.json ({err})") from None
-    values, present = reward_conditioning(scores, reward_names, bins)
+    caption = caption_of(sample, key)
+    values, present = reward_conditioning(raw_scores(sample, key, reward_names), reward_names, bins)
     return {
         "image": decode_image(image_bytes, key, image_size),
         "caption": caption,
@@ -104,3 +139,87 @@ def collate(examples: list[dict[str, Any]]) -> dict[str, Any]:
         "rewards": torch.stack([e["rewards"] for e in examples]),
         "reward_mask": torch.stack([e["reward_mask"] for e in examples]),
     }
+
+
+# --------------------------------------------------------------------------------------------------
+# Cached latents and text features
+
+LATENT_EXT = "latent.npy"
+LATENT_STD_EXT = "latent_std.npy"
+TEXT_TOKENS_EXT = "text_tokens.npy"
+
+
+def encode_array(array: np.ndarray) -> bytes:
+    """``.npy`` bytes; ``allow_pickle=False`` so reading a shard can never execute code."""
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(array), allow_pickle=False)
+    return buf.getvalue()
+
+
+def decode_array(data: bytes, key: str, field: str) -> np.ndarray:
+    try:
+        return np.load(io.BytesIO(data), allow_pickle=False)
+    except (ValueError, OSError, EOFError) as err:
+        raise SampleDecodeError(f"sample {key}: malformed {field} ({err})") from None
+
+
+def decode_cached_sample(
+    sample: dict[str, Any], reward_names: Sequence[str], bins: RewardBins | None
+) -> dict[str, Any]:
+    """Raw sample of a cached shard -> training example (latent, text features, rewards, caption)."""
+    key = sample.get("__key__", "?")
+    for field in (LATENT_EXT, TEXT_TOKENS_EXT):
+        if field not in sample:
+            raise SampleDecodeError(f"sample {key}: no {field} field (run cache-latents on the shards)")
+    latent = decode_array(sample[LATENT_EXT], key, LATENT_EXT)
+    if latent.ndim != 3:
+        raise SampleDecodeError(f"sample {key}: {LATENT_EXT} must be [C, h, w], got shape {latent.shape}")
+    tokens = decode_array(sample[TEXT_TOKENS_EXT], key, TEXT_TOKENS_EXT)
+    if tokens.ndim != 2 or tokens.shape[0] < 1:
+        raise SampleDecodeError(
+            f"sample {key}: {TEXT_TOKENS_EXT} must be [L >= 1, D], got shape {tokens.shape}"
+        )
+    example: dict[str, Any] = {
+        "latent": torch.from_numpy(latent.astype(np.float32, copy=False)),
+        "text_tokens": torch.from_numpy(tokens),
+    }
+    if LATENT_STD_EXT in sample:
+        std = decode_array(sample[LATENT_STD_EXT], key, LATENT_STD_EXT)
+        if std.shape != latent.shape:
+            raise SampleDecodeError(
+                f"sample {key}: {LATENT_STD_EXT} shape {std.shape} differs from {LATENT_EXT} {latent.shape}"
+            )
+        example["latent_std"] = torch.from_numpy(std.astype(np.float32, copy=False))
+    values, present = reward_conditioning(raw_scores(sample, key, reward_names), reward_names, bins)
+    example.update(caption=caption_of(sample, key), rewards=values, reward_mask=present, key=key)
+    return example
+
+
+def pad_tokens(tokens: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Unpadded [L_i, D] features -> (float32 [B, max L_i, D] zero-padded, mask [B, max L_i])."""
+    length = max(t.shape[0] for t in tokens)
+    out = torch.zeros(len(tokens), length, tokens[0].shape[1], dtype=torch.float32)
+    mask = torch.zeros(len(tokens), length, dtype=torch.bool)
+    for i, t in enumerate(tokens):
+        out[i, : t.shape[0]] = t
+        mask[i, : t.shape[0]] = True
+    return out, mask
+
+
+def collate_cached(examples: list[dict[str, Any]]) -> dict[str, Any]:
+    """Cached examples -> batch with ``latent`` [B, C, h, w], ``text_tokens`` / ``text_mask``, captions."""
+    text_tokens, text_mask = pad_tokens([e["text_tokens"] for e in examples])
+    batch = {
+        "latent": torch.stack([e["latent"] for e in examples]),
+        "text_tokens": text_tokens,
+        "text_mask": text_mask,
+        "caption": [e["caption"] for e in examples],
+        "rewards": torch.stack([e["rewards"] for e in examples]),
+        "reward_mask": torch.stack([e["reward_mask"] for e in examples]),
+    }
+    stds = [e.get("latent_std") for e in examples]
+    if any(s is not None for s in stds):
+        if any(s is None for s in stds):
+            raise ValueError("a batch mixes samples with and without latent_std.npy; re-cache the shards")
+        batch["latent_std"] = torch.stack(stds)
+    return batch

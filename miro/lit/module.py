@@ -4,6 +4,10 @@ It owns the training loop's decisions (loss, optimiser, schedule, EMA) and nothi
 ``miro.models``, the flow math is ``miro.flow``, the data is ``miro.data``. Randomness in a step (timesteps
 and noise) comes from a generator seeded by (seed, rank, global step), so a resumed run continues
 exactly like an uninterrupted one.
+
+Batches come raw (``image`` and ``caption``: the frozen VAE and text encoder run inside the step) or
+cached by ``data_prep.cache_latents`` (``latent``, optionally ``latent_std``, and ``text_tokens`` /
+``text_mask``: neither runs). Both give the network the same inputs.
 """
 
 from __future__ import annotations
@@ -101,20 +105,56 @@ class MiroModule(L.LightningModule):
         with torch.no_grad():
             return self.vae.encode(images)
 
+    def cached_text(
+        self, tokens: torch.Tensor, mask: torch.Tensor, drop: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cached caption features, with the rows in ``drop`` replaced by the empty caption's features."""
+        if self.text_trainable:
+            raise ValueError(
+                "the batch holds cached text features, but the text encoder is trainable: cached features "
+                "cannot train it; use raw shards (data.cached=false) or a frozen encoder"
+            )
+        if tokens.shape[-1] != self.text_encoder.dim:
+            raise ValueError(
+                f"cached text features have dim {tokens.shape[-1]} but the text encoder "
+                f"({type(self.text_encoder).__name__}) has dim {self.text_encoder.dim}: the shards were "
+                "cached with another encoder"
+            )
+        if drop is None or not bool(drop.any()):
+            return tokens, mask
+        empty, empty_mask = self.encode_text([""])
+        length = max(tokens.shape[1], empty.shape[1])
+        tokens = torch.nn.functional.pad(tokens, (0, 0, 0, length - tokens.shape[1]))
+        mask = torch.nn.functional.pad(mask, (0, length - mask.shape[1]))
+        empty = torch.nn.functional.pad(empty, (0, 0, 0, length - empty.shape[1])).to(tokens.dtype)
+        empty_mask = torch.nn.functional.pad(empty_mask, (0, length - empty_mask.shape[1]))
+        rows = drop.to(tokens.device)
+        tokens = torch.where(rows[:, None, None], empty, tokens)
+        mask = torch.where(rows[:, None], empty_mask, mask)
+        return tokens, mask
+
     def batch_loss(self, batch: dict[str, Any], generator: torch.Generator) -> torch.Tensor:
-        x0 = self.to_latents(batch["image"])
+        x0 = batch["latent"] if "latent" in batch else self.to_latents(batch["image"])
         n = x0.shape[0]
         captions = list(batch["caption"])
+        drop = None
         if self.hp["caption_dropout"] > 0:
             # An empty caption now and then teaches the unconditional velocity that text guidance
             # (negative prompt "") contrasts against; the reward tokens are kept.
             drop = torch.rand(n, generator=generator, device=generator.device) < self.hp["caption_dropout"]
             captions = ["" if d else c for c, d in zip(captions, drop.tolist(), strict=True)]
-        tokens, mask = self.encode_text(captions)
+        if "text_tokens" in batch:
+            tokens, mask = self.cached_text(batch["text_tokens"], batch["text_mask"], drop)
+        else:
+            tokens, mask = self.encode_text(captions)
         t = sample_timesteps(
             n, self.hp["t_mean"], self.hp["t_std"], self.hp["t_shift"], generator=generator, device=x0.device
         )
         noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+        if "latent_std" in batch:
+            # Cached posterior mean and std: a fresh posterior sample every step, as encoding would give.
+            eps = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+            x0 = x0 + batch["latent_std"] * eps
         x_t = interpolate(x0, noise, t)
         rewards = batch["rewards"] if self.reward_names else None
         reward_mask = batch["reward_mask"] if self.reward_names else None

@@ -1,0 +1,409 @@
+"""Cache VAE latents and text features in shards: ``python -m data_prep.cache_latents input=... output=...``.
+
+Config: ``conf/cache_latents.yaml`` (``text_encoder``: the group ``conf/text_encoder``). Reads scored
+shards and writes one shard per input shard, same file name, same samples in the same order, each with
+its ``txt`` and ``rewards.json`` (and, with ``keep_image``, its image) plus the fields that let training
+skip the JPEG decoder and every frozen encoder (format: :mod:`miro.data.samples`):
+
+* ``KEY.latent.npy``: float32 [C, h, w], the VAE latent of the ``image_size`` center crop, on the
+  diffusion scale. ``latent=mean`` stores the posterior mean (what :class:`~miro.models.vae.LatentVAE`
+  encodes in raw mode); ``latent=mean_std`` adds ``KEY.latent_std.npy`` so every training step draws a
+  fresh posterior sample; ``latent=sample`` stores one posterior sample, seeded by (seed, key).
+* ``KEY.text_tokens.npy``: float16 [L, D], the text encoder's features of the caption's L real tokens,
+  unpadded. float16, not float32: these dominate the shard (FLAN-T5-XL: ~20 tokens x 2048 x 2 bytes
+  = ~80 KB a sample, 2x the latent and image together), and half precision halves that; float16
+  rather than bfloat16 because numpy has no bfloat16 and because T5's final-layer-norm outputs are
+  small (|x| << 65504), where float16's 3 extra mantissa bits are worth more than bfloat16's range.
+  A value that does overflow is caught: the sample is skipped and reported, never written as inf.
+
+Guarantees, as scoring's (:mod:`miro.scoring`): an output shard and its report appear atomically and
+a shard is done when both exist, so a killed run restarted skips finished shards and redoes the one
+in flight (``recompute=true`` redoes all); a sample whose image does not decode, without a caption, or
+whose latent or features are not finite, is left out and listed (key, reason) in ``REPORTS/NAME.json``;
+under torchrun, rank ``i`` of ``W`` takes shards ``i, i + W, ...`` on ``cuda:LOCAL_RANK``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tarfile
+import zlib
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from torch import nn
+
+from data_prep import CONSOLE, require, run_stage
+from miro.data.samples import (
+    LATENT_EXT,
+    LATENT_STD_EXT,
+    TEXT_TOKENS_EXT,
+    SampleDecodeError,
+    caption_of,
+    decode_image,
+    encode_array,
+    to_model_range,
+)
+from miro.data.shards import (
+    ShardInputError,
+    atomic_shard_writer,
+    expand_shards,
+    iter_shard,
+    write_bytes_atomic,
+)
+from miro.models.vae import LatentVAE, MissingVAEError
+from miro.scoring import (
+    IMAGE_EXTS,
+    ScoringConfigError,
+    device_for_rank,
+    dist_rank_world,
+    is_finished,
+    plan_outputs,
+    report_path_for,
+)
+
+log = logging.getLogger(__name__)
+
+LATENT_MODES = ("mean", "mean_std", "sample")
+CACHED_EXTS = (LATENT_EXT, LATENT_STD_EXT, TEXT_TOKENS_EXT)
+
+
+class CacheConfigError(ScoringConfigError):
+    """A caching request that cannot work; the message says what to change."""
+
+
+@dataclass
+class CacheReport:
+    """What happened to one shard; saved next to the outputs as ``REPORTS/NAME.json``."""
+
+    shard: str
+    input: str
+    latent: str  # mean | mean_std | sample
+    image_size: int
+    latent_shape: list[int] = field(default_factory=list)
+    text_dim: int = 0
+    n_samples: int = 0
+    n_cached: int = 0
+    n_skipped: int = 0
+    text_tokens: int = 0  # real tokens stored, summed over samples
+    skipped: list[dict[str, str]] = field(default_factory=list)  # [{"key", "reason"}]
+
+    def to_bytes(self) -> bytes:
+        """Deterministic JSON (no timings), so a rerun writes identical reports."""
+        return (json.dumps(asdict(self), indent=1, sort_keys=True) + "\n").encode("utf-8")
+
+    @classmethod
+    def load(cls, path: str | Path) -> CacheReport:
+        return cls(**json.loads(Path(path).read_text(encoding="utf-8")))
+
+
+@dataclass
+class CacheSummary:
+    output_dir: str
+    report_dir: str
+    reports: list[CacheReport]
+    n_resumed: int = 0
+
+    @property
+    def n_cached(self) -> int:
+        return sum(r.n_cached for r in self.reports)
+
+    @property
+    def n_skipped(self) -> int:
+        return sum(r.n_skipped for r in self.reports)
+
+
+# --------------------------------------------------------------------------------------------------
+# Encoding
+
+
+@torch.no_grad()
+def posterior(vae: LatentVAE, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images in [-1, 1] -> the VAE posterior's (mean, std), float32, on the diffusion scale.
+
+    The mean is exactly what ``vae.encode`` returns (raw-mode training); the std is scaled the same way
+    (a shift moves the mean only), so ``mean + std * eps`` is a scaled posterior sample.
+    """
+    dist = vae.vae.encode(images.to(vae.vae.dtype)).latent_dist
+    mean = (dist.mean.float() - vae.shift_factor) * vae.scaling_factor
+    return mean, dist.std.float() * vae.scaling_factor
+
+
+def key_seed(seed: int, key: str) -> int:
+    """A per-sample seed: a rerun, any batch size or any rank draws the same posterior sample."""
+    return (seed * 1_000_003 + zlib.crc32(key.encode("utf-8"))) % (2**63)
+
+
+def encode_latents(
+    vae: LatentVAE, images: torch.Tensor, keys: Sequence[str], mode: str, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """-> (latent [B, C, h, w], std or None), float32 on the images' device, for ``mode``."""
+    mean, std = posterior(vae, images)
+    if mode == "mean":
+        return mean, None
+    if mode == "mean_std":
+        return mean, std
+    generators = [torch.Generator().manual_seed(key_seed(seed, k)) for k in keys]
+    eps = torch.stack([torch.randn(mean.shape[1:], generator=g) for g in generators])
+    return mean + std * eps.to(mean.device), None
+
+
+# --------------------------------------------------------------------------------------------------
+# One shard
+
+
+@dataclass
+class _Item:
+    sample: dict[str, Any]
+    image: torch.Tensor  # uint8 [3, S, S]
+    caption: str
+
+
+def _prepare(sample: dict[str, Any], image_size: int) -> _Item | str:
+    """A decoded sample, or the reason it cannot be cached."""
+    key = sample["__key__"]
+    ext = next((e for e in IMAGE_EXTS if e in sample), None)
+    if ext is None:
+        return f"no image ({'/'.join(IMAGE_EXTS)})"
+    try:
+        image = decode_image(sample[ext], key, image_size)
+        caption = caption_of(sample, key)
+    except SampleDecodeError as err:
+        return str(err).removeprefix(f"sample {key}: ")
+    return _Item(sample, image, caption)
+
+
+@dataclass
+class _Encoded:
+    fields: dict[str, bytes]  # extension -> .npy bytes
+    latent_shape: list[int]
+    text_shape: list[int]  # [L, D]
+
+
+def _encode_batch(
+    items: list[_Item], vae: LatentVAE, text_encoder: nn.Module, mode: str, seed: int, device: torch.device
+) -> list[_Encoded | str]:
+    """The cached fields of each item, or the reason the item is skipped."""
+    images = to_model_range(torch.stack([it.image for it in items])).to(device)
+    keys = [it.sample["__key__"] for it in items]
+    latent, std = encode_latents(vae, images, keys, mode, seed)
+    with torch.no_grad():
+        tokens, mask = text_encoder([it.caption for it in items])
+    latent, tokens, mask = latent.cpu(), tokens.float().cpu(), mask.cpu()
+    std = std.cpu() if std is not None else None
+    out: list[_Encoded | str] = []
+    for i in range(len(items)):
+        row = tokens[i, mask[i]].numpy().astype(np.float16)
+        if not torch.isfinite(latent[i]).all() or (std is not None and not torch.isfinite(std[i]).all()):
+            out.append("non-finite latent (a float16 VAE overflows; run it in float32 or bfloat16)")
+            continue
+        if row.shape[0] == 0:
+            out.append("the text encoder returned no token")
+            continue
+        if not np.isfinite(row).all():
+            out.append("text features are not finite in float16 (overflow)")
+            continue
+        fields = {LATENT_EXT: encode_array(latent[i].numpy()), TEXT_TOKENS_EXT: encode_array(row)}
+        if std is not None:
+            fields[LATENT_STD_EXT] = encode_array(std[i].numpy())
+        out.append(_Encoded(fields, list(latent.shape[1:]), list(row.shape)))
+    return out
+
+
+def cache_shard(
+    input_path: str | Path,
+    output_path: str | Path,
+    report_path: str | Path,
+    vae: LatentVAE,
+    text_encoder: nn.Module,
+    image_size: int = 256,
+    latent: str = "mean",
+    batch_size: int = 64,
+    keep_image: bool = True,
+    seed: int = 0,
+    on_samples: Callable[[int], None] | None = None,
+) -> CacheReport:
+    """Cache one shard into ``output_path`` and write its report; returns the report."""
+    check_settings(vae, image_size, latent, batch_size)
+    output_path = Path(output_path)
+    device = next(vae.parameters()).device
+    report = CacheReport(shard=output_path.name, input=str(input_path), latent=latent, image_size=image_size)
+    with atomic_shard_writer(output_path) as writer:
+        pending: list[_Item] = []
+        consumed = 0
+
+        def skip(key: str, reason: str) -> None:
+            report.n_skipped += 1
+            report.skipped.append({"key": key, "reason": reason})
+            log.warning("%s: skipping sample %s: %s", input_path, key, reason)
+
+        def flush() -> None:
+            nonlocal consumed
+            if pending:
+                encoded = _encode_batch(pending, vae, text_encoder, latent, seed, device)
+                for item, enc in zip(pending, encoded, strict=True):
+                    if isinstance(enc, str):
+                        skip(item.sample["__key__"], enc)
+                        continue
+                    kept = {
+                        k: v for k, v in item.sample.items()
+                        if k not in CACHED_EXTS and (keep_image or k not in IMAGE_EXTS)
+                    }
+                    writer.write({**kept, **enc.fields})
+                    report.n_cached += 1
+                    report.text_tokens += enc.text_shape[0]
+                    report.latent_shape, report.text_dim = enc.latent_shape, enc.text_shape[1]
+                pending.clear()
+            if on_samples is not None:
+                on_samples(consumed)
+            consumed = 0
+
+        try:
+            for sample in iter_shard(input_path):
+                report.n_samples += 1
+                consumed += 1
+                item = _prepare(sample, image_size)
+                if isinstance(item, str):
+                    skip(sample["__key__"], item)
+                    continue
+                pending.append(item)
+                if len(pending) >= batch_size:
+                    flush()
+        except tarfile.TarError as err:  # a damaged archive, not a damaged sample: stop and say which
+            raise ShardInputError(f"cannot read shard {input_path}: {err}") from None
+        flush()
+        # The report goes first: a shard that exists always has one (see miro.scoring.is_finished).
+        write_bytes_atomic(report_path, report.to_bytes())
+    log.info("%s: cached %d, skipped %d -> %s", input_path, report.n_cached, report.n_skipped, output_path)
+    return report
+
+
+def check_settings(vae: LatentVAE, image_size: int, latent: str, batch_size: int) -> None:
+    if latent not in LATENT_MODES:
+        raise CacheConfigError(f"latent must be one of {', '.join(LATENT_MODES)}, got {latent!r}")
+    if batch_size < 1:
+        raise CacheConfigError(f"batch_size must be >= 1, got {batch_size}")
+    if image_size < 1 or image_size % vae.downsample:
+        raise CacheConfigError(
+            f"image_size {image_size} is not a positive multiple of the VAE's downsampling factor "
+            f"{vae.downsample}"
+        )
+
+
+# --------------------------------------------------------------------------------------------------
+# Many shards
+
+
+def cache_shards(
+    inputs: str | Sequence[str],
+    output_dir: str | Path,
+    vae: LatentVAE,
+    text_encoder: nn.Module,
+    image_size: int = 256,
+    latent: str = "mean",
+    batch_size: int = 64,
+    keep_image: bool = True,
+    seed: int = 0,
+    report_dir: str | Path | None = None,
+    recompute: bool = False,
+    rank: int = 0,
+    world_size: int = 1,
+    on_samples: Callable[[int], None] | None = None,
+    on_shard: Callable[[int, int, str], None] | None = None,
+) -> CacheSummary:
+    """Cache this rank's share of ``inputs`` into ``output_dir``, skipping finished shards.
+
+    ``on_samples(n)`` is called as samples are processed and ``on_shard(i, total, name)`` before each
+    shard (for progress bars).
+    """
+    check_settings(vae, image_size, latent, batch_size)
+    plan = plan_outputs(expand_shards(inputs), output_dir)[rank::world_size]
+    report_dir = Path(report_dir) if report_dir is not None else Path(output_dir) / "reports"
+    summary = CacheSummary(str(output_dir), str(report_dir), [])
+    for i, (path, out) in enumerate(plan):
+        report_path = report_path_for(report_dir, out)
+        if on_shard is not None:
+            on_shard(i, len(plan), out.name)
+        if not recompute and is_finished(out, report_path):
+            log.info("%s: already cached, skipping", out)
+            summary.reports.append(CacheReport.load(report_path))
+            summary.n_resumed += 1
+            continue
+        summary.reports.append(
+            cache_shard(
+                path, out, report_path, vae, text_encoder, image_size, latent, batch_size, keep_image, seed,
+                on_samples=on_samples,
+            )
+        )
+    return summary
+
+
+# --------------------------------------------------------------------------------------------------
+# The stage
+
+
+def build_encoders(cfg: DictConfig, device: str) -> tuple[LatentVAE, nn.Module]:
+    """The VAE and text encoder the config names, frozen, on ``device``."""
+    try:
+        vae = instantiate(cfg.vae)
+    except MissingVAEError as err:
+        raise FileNotFoundError(str(err)) from None
+    dtype = getattr(torch, str(cfg.vae_dtype), None)
+    if not isinstance(dtype, torch.dtype):
+        raise CacheConfigError(
+            f"vae_dtype must be a torch dtype name (float32, bfloat16), got {cfg.vae_dtype!r}"
+        )
+    vae = vae.to(device=device, dtype=dtype).eval()
+    text_encoder = instantiate(cfg.text_encoder).to(device).eval()
+    return vae, text_encoder
+
+
+def _cache(cfg: DictConfig, vae: LatentVAE, text_encoder: nn.Module, rank: int, world: int) -> CacheSummary:
+    kwargs: dict[str, Any] = dict(
+        inputs=cfg.input, output_dir=cfg.output, vae=vae, text_encoder=text_encoder,
+        image_size=int(cfg.image_size), latent=str(cfg.latent), batch_size=int(cfg.batch_size),
+        keep_image=bool(cfg.keep_image), seed=int(cfg.seed), report_dir=cfg.report_dir,
+        recompute=bool(cfg.recompute), rank=rank, world_size=world,
+    )
+    if not cfg.progress or rank != 0:
+        return cache_shards(**kwargs)
+    columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed:,.0f} samples"),
+               TimeElapsedColumn())
+    with Progress(*columns, console=CONSOLE) as bar:
+        task = bar.add_task("caching", total=None)
+        return cache_shards(
+            **kwargs,
+            on_samples=lambda n: bar.advance(task, n),
+            on_shard=lambda i, total, name: bar.update(task, description=f"shard {i + 1}/{total} {name}"),
+        )
+
+
+def stage(cfg: DictConfig) -> None:
+    require(cfg, "input", "output")
+    if cfg.latent not in LATENT_MODES:  # before loading multi-GB encoders
+        raise CacheConfigError(f"latent must be one of {', '.join(LATENT_MODES)}, got {cfg.latent!r}")
+    rank, world = dist_rank_world()
+    vae, text_encoder = build_encoders(cfg, device_for_rank(cfg.device))
+    summary = _cache(cfg, vae, text_encoder, rank, world)
+    who = f"rank {rank}/{world}: " if world > 1 else ""
+    print(
+        f"{who}cached {summary.n_cached} samples ({cfg.latent} latents), skipped {summary.n_skipped} "
+        f"({len(summary.reports)} shards, {summary.n_resumed} already done) -> {summary.output_dir} "
+        f"(reports: {summary.report_dir})"
+    )
+
+
+def main() -> None:
+    run_stage("cache_latents", stage)
+
+
+if __name__ == "__main__":
+    main()

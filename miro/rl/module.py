@@ -1,0 +1,463 @@
+"""The LightningModule for (chunk-level) GRPO fine-tuning of an exported MIRO model.
+
+One ``training_step`` is one GRPO iteration: draw G samples for each prompt with the SDE policy, score
+them, turn rewards into group-relative advantages, then run ``inner_epochs`` passes of minibatch updates
+over the recorded trajectories. The optimisation is manual because an iteration makes several optimiser
+updates, each over several chunks whose graphs are built and freed one at a time (peak memory is one
+chunk's steps, not the whole trajectory's).
+
+The policy's weights start from an export (``<run>/export`` of ``miro.train``). LoRA adapters (peft) or
+all weights are trained; the text encoder, VAE and reward models stay frozen. With ``beta > 0`` a KL
+penalty to the starting weights is added: for LoRA the reference is the same network with its adapters
+switched off, so no second copy is kept; for a full fine-tune a frozen copy is made (and only then).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from PIL import Image
+from torch import nn
+
+from miro.data.datamodule import step_seed
+from miro.flow.sampling import gaussian_kl_same_std, sample_euler, time_schedule
+from miro.lit.ema import ema_decay_at, update_ema
+from miro.pipeline import FALLBACK_SAMPLING, image_grid, to_uint8
+from miro.pretrained import Pretrained, load_pretrained, save_pretrained
+from miro.rewards.base import RewardModel
+from miro.rl.chunks import (
+    check_chunks,
+    chunk_bounds,
+    chunk_sampling_weights,
+    dynamic_chunks,
+    equal_chunks,
+    relative_l1,
+    sample_chunks,
+)
+from miro.rl.grpo import chunk_policy_loss, group_advantages
+from miro.rl.rollout import PolicyCondition, policy_step, reward_condition, rollout
+from miro.scoring import build_rewards, reward_specs
+
+log = logging.getLogger(__name__)
+
+CHUNKING_MODES = ("fixed", "equal", "dynamic")
+
+
+def updates_per_iteration(
+    prompts_per_iteration: int, group_size: int, train_batch_size: int, inner_epochs: int
+) -> int:
+    """Optimiser updates one GRPO iteration makes (the trainer's steps count updates)."""
+    samples = prompts_per_iteration * group_size
+    return inner_epochs * -(-samples // train_batch_size)
+
+
+def parse_reward_weights(rewards: Mapping[str, float] | str) -> dict[str, float]:
+    """The optimised reward: ``"alignment"``, ``"hps=1,pick=0.5"`` or a mapping -> {name: weight}."""
+    if isinstance(rewards, str):
+        weights = {}
+        for part in filter(None, (p.strip() for p in rewards.split(","))):
+            name, _, weight = part.partition("=")
+            try:
+                weights[name.strip()] = float(weight) if weight else 1.0
+            except ValueError:
+                raise ValueError(f"reward weight for {name.strip()!r} is not a number: {weight!r}") from None
+    else:
+        weights = {str(k): float(v) for k, v in rewards.items()}
+    if not weights:
+        raise ValueError("GRPO needs at least one reward to optimise (module.rewards: NAME or NAME=W,NAME=W)")
+    return weights
+
+
+class GRPOModule(L.LightningModule):
+    def __init__(
+        self,
+        pretrained: str | Pretrained,
+        rewards: Mapping[str, float] | str,
+        monitor_rewards: Sequence[str] = (),
+        targets: Mapping[str, float] | str | None = None,
+        negative_targets: Mapping[str, float] | str | None = None,
+        guidance: float | None = None,
+        steps: int = 10,
+        shift: float | None = None,
+        noise_level: float = 0.7,
+        group_size: int = 8,
+        rollout_batch_size: int = 32,
+        train_batch_size: int = 32,
+        inner_epochs: int = 1,
+        chunking: Mapping[str, Any] | None = None,
+        chunk_sampling: Mapping[str, Any] | None = None,
+        clip_range: float = 1e-4,
+        advantage_clamp: float = 5.0,
+        global_std: bool = False,
+        beta: float = 0.0,
+        lr: float = 1e-4,
+        betas: Sequence[float] = (0.9, 0.999),
+        weight_decay: float = 0.0,
+        grad_clip: float = 1.0,
+        lora: Mapping[str, Any] | None = None,
+        ema_decay: float | None = None,
+        precision: str = "fp32",
+        seed: int = 0,
+        grid_every: int = 0,
+        grid_dir: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+        self.pretrained = load_pretrained(pretrained) if isinstance(pretrained, (str, Path)) else pretrained
+        self.pretrained.text_encoder.requires_grad_(False).eval()
+        if self.pretrained.vae is not None:
+            self.pretrained.vae.requires_grad_(False).eval()
+        sampling = FALLBACK_SAMPLING | self.pretrained.sampling
+        self.reward_names = list(self.pretrained.reward_names)
+        self.reward_weights = parse_reward_weights(rewards)
+        self.monitor_names = [n for n in monitor_rewards if n not in self.reward_weights]
+        self.positive, self.negative = reward_condition(
+            self.reward_names, targets, negative_targets, sampling.get("guided_rewards")
+        )
+        if precision not in ("fp32", "bf16"):
+            raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
+        for name, value in (
+            ("group_size", group_size),
+            ("rollout_batch_size", rollout_batch_size),
+            ("train_batch_size", train_batch_size),
+            ("inner_epochs", inner_epochs),
+        ):
+            if value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
+        self.hp = dict(
+            guidance=float(sampling["guidance"] if guidance is None else guidance),
+            steps=int(steps),
+            shift=float(sampling["shift"] if shift is None else shift),
+            noise_level=noise_level,
+            group_size=group_size,
+            rollout_batch_size=rollout_batch_size,
+            train_batch_size=train_batch_size,
+            inner_epochs=inner_epochs,
+            clip_range=clip_range,
+            advantage_clamp=advantage_clamp,
+            global_std=global_std,
+            beta=beta,
+            lr=lr,
+            betas=tuple(betas),
+            weight_decay=weight_decay,
+            grad_clip=grad_clip,
+            ema_decay=ema_decay,
+            precision=precision,
+            seed=seed,
+            grid_every=grid_every,
+            grid_dir=grid_dir,
+        )
+        self.chunking = dict(chunking or {"mode": "equal", "size": 1})
+        if self.chunking.get("mode") not in CHUNKING_MODES:
+            raise ValueError(
+                f"chunking.mode must be one of {CHUNKING_MODES}, got {self.chunking.get('mode')!r}"
+            )
+        self.chunk_sampling = dict(chunk_sampling or {})
+        self.chunk_sizes: list[int] = []
+        self.l1rel: list[float] = []
+        if self.chunking["mode"] != "dynamic":
+            self.chunk_sizes = self._static_chunks()
+
+        self.lora = dict(lora) if lora else None
+        self.policy = self._make_policy(self.pretrained.model)
+        self.reference = None
+        if beta > 0 and self.lora is None:
+            self.reference = copy.deepcopy(self.pretrained.model).requires_grad_(False).eval()
+        self.ema = copy.deepcopy(self.policy).requires_grad_(False).eval() if ema_decay else None
+        self.register_buffer("iterations_done", torch.zeros((), dtype=torch.long))
+        self._rewards: dict[str, RewardModel] | None = None
+
+    # ----------------------------------------------------------------------------------------------
+    def _static_chunks(self) -> list[int]:
+        transitions = self.hp["steps"]
+        if self.chunking["mode"] == "fixed":
+            return check_chunks(self.chunking["sizes"], transitions)
+        return equal_chunks(transitions, int(self.chunking.get("size", 1)))
+
+    def _make_policy(self, model: nn.Module) -> nn.Module:
+        model.eval()  # no dropout: rollout and update must see the same function
+        if self.lora is None:
+            return model.requires_grad_(True)
+        from peft import LoraConfig, get_peft_model
+
+        config = LoraConfig(
+            r=int(self.lora.get("rank", 32)),
+            lora_alpha=float(self.lora.get("alpha", 32)),
+            target_modules=list(self.lora.get("target_modules", ["q", "kv", "proj"])),
+            lora_dropout=0.0,
+        )
+        return get_peft_model(model, config)
+
+    def on_fit_start(self) -> None:
+        # The frozen text encoder and VAE are deliberately not submodules (no copy of them in every
+        # checkpoint), so Lightning does not move them: do it here.
+        self.pretrained.text_encoder.to(self.device)
+        if self.pretrained.vae is not None:
+            self.pretrained.vae.to(self.device)
+
+    def reward_models(self) -> dict[str, RewardModel]:
+        if self._rewards is None:
+            names = list(self.reward_weights) + self.monitor_names
+            self._rewards = build_rewards(reward_specs(names))
+        return self._rewards
+
+    def _condition(self, prompts: list[str]) -> PolicyCondition:
+        with torch.no_grad():
+            tokens, mask = self.pretrained.text_encoder(prompts)
+        n = len(prompts)
+        pos = self.positive.to(self.device).expand(n, -1) if self.positive is not None else None
+        neg = self.negative.to(self.device).expand(n, -1) if self.negative is not None else None
+        return PolicyCondition(tokens.to(self.device), mask.to(self.device), pos, neg, self.hp["guidance"])
+
+    def _timesteps(self) -> list[float]:
+        return time_schedule(self.hp["steps"], self.hp["shift"]).tolist()
+
+    # ----------------------------------------------------------------------------------------------
+    def collect(self, prompts: list[str], generator: torch.Generator) -> dict[str, Any]:
+        """Rollouts for ``prompts`` (each repeated group_size times, groups contiguous), their images,
+        rewards and advantages."""
+        g = self.hp["group_size"]
+        expanded = [p for p in prompts for _ in range(g)]
+        condition = self._condition(expanded)
+        model = self.pretrained.model
+        size, channels = self.pretrained.image_size, getattr(model, "in_channels", 3)
+        noise = torch.randn(len(expanded), channels, size, size, generator=generator).to(self.device)
+        timesteps = self._timesteps()
+        states, log_probs = [], []
+        bs = self.hp["rollout_batch_size"]
+        for start in range(0, len(expanded), bs):
+            part = slice(start, start + bs)
+            s, lp = rollout(
+                self.policy,
+                condition.take(part),
+                noise[part],
+                timesteps,
+                self.hp["noise_level"],
+                generator=generator,
+                precision=self.hp["precision"],
+            )
+            states.append(s)
+            log_probs.append(lp)
+        states_t, log_probs_t = torch.cat(states, 1), torch.cat(log_probs, 1)
+        final = states_t[-1]
+        with torch.no_grad():
+            pixels = self.pretrained.vae.decode(final) if self.pretrained.vae is not None else final
+        images = to_uint8(pixels)
+        scores = {name: rm.score(images, expanded) for name, rm in self.reward_models().items()}
+        total = sum(w * scores[n].float() for n, w in self.reward_weights.items())
+        for name in self.reward_weights:
+            bad = scores[name].isnan().nonzero().flatten().tolist()
+            if bad:
+                raise ValueError(
+                    f"reward {name!r} cannot score prompt {expanded[bad[0]]!r} (NaN); GRPO needs a score "
+                    "for every rollout: use prompts this reward understands"
+                )
+        advantages = group_advantages(
+            total, g, global_std=self.hp["global_std"], clamp=self.hp["advantage_clamp"]
+        ).to(self.device)
+        return dict(
+            prompts=expanded,
+            condition=condition,
+            states=states_t,
+            log_probs=log_probs_t,
+            timesteps=timesteps,
+            images=images,
+            scores=scores,
+            reward=total,
+            advantages=advantages,
+        )
+
+    def step_log_probs(
+        self, batch: dict[str, Any], index: slice | torch.Tensor, steps: Sequence[int]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """New log-probs [n, len(steps)] (with gradients) and the KL to the reference [n] (0 when
+        beta = 0) of stored transitions ``steps`` for samples ``index``."""
+        condition = batch["condition"].take(index)
+        ts = batch["timesteps"]
+        log_probs, kls = [], []
+        for i in steps:
+            transition = partial(
+                policy_step, condition=condition, x=batch["states"][i][index], t=ts[i], t_next=ts[i + 1],
+                noise_level=self.hp["noise_level"], x_next=batch["states"][i + 1][index],
+                precision=self.hp["precision"],
+            )  # fmt: skip
+            step = transition(self.policy)
+            log_probs.append(step.log_prob)
+            if self.hp["beta"] > 0:
+                with torch.no_grad(), self._reference() as reference:
+                    ref = transition(reference)
+                kls.append(gaussian_kl_same_std(step.mean, ref.mean, step.std))
+        kl = torch.stack(kls, 1).mean(1) if kls else torch.zeros(log_probs[0].shape[0], device=self.device)
+        return torch.stack(log_probs, 1), kl
+
+    @contextmanager
+    def _reference(self) -> Iterator[nn.Module]:
+        """The starting policy: the frozen copy, or (LoRA) the policy with its adapters switched off."""
+        if self.reference is not None:
+            yield self.reference
+        else:
+            with self.policy.disable_adapter():
+                yield self.policy
+
+    def chunks_for_update(self, generator: torch.Generator) -> list[int]:
+        """Indices of the chunks one update trains on: all, or ``chunk_sampling.count`` drawn uniformly
+        or (``weighted``) in proportion to the chunk's mean L1rel."""
+        k = len(self.chunk_sizes)
+        count = self.chunk_sampling.get("count")
+        if not count or count >= k:
+            return list(range(k))
+        if self.chunk_sampling.get("weighted"):
+            if not self.l1rel:
+                raise ValueError(
+                    "weighted chunk sampling needs the L1rel curve, which is measured on rollouts"
+                )
+            weights = chunk_sampling_weights(torch.tensor(self.l1rel), self.chunk_sizes)
+        else:
+            weights = torch.ones(k)
+        return sample_chunks(weights, int(count), generator)
+
+    # ----------------------------------------------------------------------------------------------
+    def training_step(self, prompts: list[str], batch_idx: int) -> None:
+        iteration = int(self.iterations_done)
+        gen = torch.Generator().manual_seed(step_seed(self.hp["seed"], self.global_rank, iteration))
+        self.policy.eval()
+        batch = self.collect(list(prompts), gen)
+        if not self.l1rel:
+            self._measure_chunks(batch["condition"], batch["states"][0])
+        self._log_rewards(batch)
+        optimizer = self.optimizers()
+        n = len(batch["prompts"])
+        mb = self.hp["train_batch_size"]
+        bounds = chunk_bounds(self.chunk_sizes)
+        stats: dict[str, list[float]] = {
+            "loss": [],
+            "ratio": [],
+            "clip_fraction": [],
+            "kl": [],
+            "approx_kl": [],
+        }
+        for _ in range(self.hp["inner_epochs"]):
+            order = torch.randperm(n, generator=gen) if self.hp["inner_epochs"] > 1 else torch.arange(n)
+            for start in range(0, n, mb):
+                index = order[start : start + mb].to(self.device)
+                chosen = self.chunks_for_update(gen)
+                for j in chosen:
+                    a, b = bounds[j]
+                    new_lp, kl = self.step_log_probs(batch, index, range(a, b))
+                    out = chunk_policy_loss(
+                        new_lp,
+                        batch["log_probs"][a:b, index].T,
+                        batch["advantages"][index],
+                        [b - a],
+                        self.hp["clip_range"],
+                    )
+                    loss = (out.loss + self.hp["beta"] * kl.mean()) / len(chosen)
+                    self.manual_backward(loss)
+                    stats["loss"].append(float(loss.detach()) * len(chosen))
+                    stats["ratio"].append(float(out.ratio_mean))
+                    stats["clip_fraction"].append(float(out.clip_fraction))
+                    stats["approx_kl"].append(float(out.approx_kl))
+                    stats["kl"].append(float(kl.mean().detach()))
+                grad_norm = torch.nn.utils.clip_grad_norm_(
+                    [p for p in self.policy.parameters() if p.requires_grad], self.hp["grad_clip"]
+                )
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                if self.ema is not None:
+                    update_ema(self.ema, self.policy, ema_decay_at(self.global_step, self.hp["ema_decay"]))
+                self.log("rl/grad_norm", grad_norm, on_step=True)
+        for key, values in stats.items():
+            self.log(f"rl/{key}", sum(values) / len(values), on_step=True, prog_bar=key == "ratio")
+        self.iterations_done += 1
+        if self.hp["grid_every"] and iteration % self.hp["grid_every"] == 0:
+            self._save_grid(batch["images"], iteration)
+
+    @torch.no_grad()
+    def _measure_chunks(self, condition: PolicyCondition, noise: torch.Tensor) -> None:
+        """L1rel of the sampler on the first rollouts' noise, and the dynamic chunks read off it.
+
+        Measured on the deterministic (ODE) trajectory: along the SDE rollouts the injected noise
+        dominates every step's change and hides the drift's dynamics that chunking should follow.
+        """
+        n = min(noise.shape[0], self.hp["rollout_batch_size"])
+        velocity = condition.take(slice(0, n)).velocity(self.policy)
+        _, path = sample_euler(
+            velocity, noise[:n], self.hp["steps"], self.hp["shift"], return_trajectory=True
+        )
+        self.l1rel = relative_l1(path).tolist()
+        if self.chunking["mode"] == "dynamic":
+            self.chunk_sizes = dynamic_chunks(self.l1rel, int(self.chunking.get("num_chunks", 4)))
+        log.info("L1rel per step %s -> chunks %s", [round(v, 4) for v in self.l1rel], self.chunk_sizes)
+
+    def _log_rewards(self, batch: dict[str, Any]) -> None:
+        n = len(batch["prompts"])
+        self.log("rl/reward", batch["reward"].mean(), on_step=True, prog_bar=True, batch_size=n)
+        self.log("rl/reward_std", batch["reward"].std(), on_step=True, batch_size=n)
+        for name, values in batch["scores"].items():
+            finite = values[~values.isnan()]
+            if finite.numel():
+                self.log(f"reward/{name}", finite.mean(), on_step=True, batch_size=n)
+
+    def _save_grid(self, images: torch.Tensor, iteration: int) -> None:
+        g = self.hp["group_size"]
+        grid = image_grid(images[: 8 * g], ncol=g, upscale=4 if images.shape[-1] <= 64 else 1)
+        for logger in self.loggers:
+            if hasattr(logger, "experiment") and hasattr(logger.experiment, "add_image"):
+                logger.experiment.add_image("rl/rollouts", grid, iteration)
+        if self.hp["grid_dir"] and self.trainer.is_global_zero:
+            out = Path(self.hp["grid_dir"])
+            out.mkdir(parents=True, exist_ok=True)
+            tmp = out / f"iter{iteration:05d}.png.tmp"
+            Image.fromarray(grid.permute(1, 2, 0).numpy()).save(tmp, format="PNG")
+            tmp.replace(out / f"iter{iteration:05d}.png")
+
+    # ----------------------------------------------------------------------------------------------
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        params = [p for p in self.policy.parameters() if p.requires_grad]
+        return torch.optim.AdamW(
+            params, lr=self.hp["lr"], betas=self.hp["betas"], weight_decay=self.hp["weight_decay"]
+        )
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["grpo"] = {"chunk_sizes": self.chunk_sizes, "l1rel": self.l1rel}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        saved = checkpoint.get("grpo", {})
+        self.chunk_sizes = list(saved.get("chunk_sizes", self.chunk_sizes))
+        self.l1rel = list(saved.get("l1rel", self.l1rel))
+
+    def export(self, out_dir: str | Path, extra: Mapping[str, Any] | None = None) -> Path:
+        """The fine-tuned model in the training export format (LoRA merged), loadable by miro-generate."""
+        source = self.ema if self.ema is not None else self.policy
+        network = copy.deepcopy(source).cpu()
+        if self.lora is not None:
+            network = network.merge_and_unload()
+        pre = self.pretrained
+        return save_pretrained(
+            out_dir,
+            network,
+            pre.text_encoder,
+            pre.config["text_encoder"],
+            pre.reward_names,
+            pre.bins,
+            pre.image_size,
+            pre.sampling,
+            vae_config=pre.config.get("vae"),
+            extra={
+                "grpo": {
+                    "iterations": int(self.iterations_done),
+                    "chunk_sizes": self.chunk_sizes,
+                    "l1rel": self.l1rel,
+                    "rewards": self.reward_weights,
+                    **(extra or {}),
+                }
+            },
+        )

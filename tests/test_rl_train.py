@@ -1,0 +1,274 @@
+"""GRPO training end to end on a tiny exported model: exact first ratio, a reward that rises, LoRA with
+its adapters-off reference, resume, the Hydra experiments, and miro-generate on the result."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from omegaconf import OmegaConf
+from test_pretrained import export_tiny_model
+
+from miro.cli import generate as generate_cli
+from miro.config import compose_config
+from miro.pretrained import load_pretrained
+from miro.rewards.base import RewardModel, register_reward
+from miro.rl.__main__ import build
+from miro.rl.module import GRPOModule, updates_per_iteration
+from miro.rl.prompts import PromptBatches, PromptDataModule, training_prompts
+
+PROMPTS = ["a red circle", "two blue squares"]
+
+
+@register_reward
+class Brightness(RewardModel):
+    """Mean pixel value in [0, 1]: a reward any policy can raise, so a failure to raise it is a bug."""
+
+    name = "test_brightness"
+    version = "1"
+
+    def score_batch(self, images: torch.Tensor, captions: list[str]) -> torch.Tensor:
+        return images.float().mean((1, 2, 3)) / 255.0
+
+
+@pytest.fixture(scope="module")
+def export(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return export_tiny_model(tmp_path_factory.mktemp("rl_export"), None)
+
+
+def make_module(export: Path, **overrides: object) -> GRPOModule:
+    options: dict[str, object] = dict(
+        rewards={"test_brightness": 1.0},
+        monitor_rewards=["colorfulness"],
+        steps=4,
+        group_size=8,
+        rollout_batch_size=16,
+        train_batch_size=16,
+        lr=1e-2,
+        chunking={"mode": "dynamic", "num_chunks": 2},
+    )
+    return GRPOModule(str(export), **(options | overrides))
+
+
+def fit(module: GRPOModule, steps: int, root: Path | None = None, ckpt: str | None = None) -> L.Trainer:
+    data = PromptDataModule(2, per_category=4, exclude_eval=False)
+    trainer = L.Trainer(
+        max_steps=steps,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=root is not None,
+        default_root_dir=root,
+    )
+    trainer.fit(module, datamodule=data, ckpt_path=ckpt)
+    return trainer
+
+
+def mean_reward(module: GRPOModule) -> float:
+    """The policy's mean reward on fixed prompts and noise."""
+    batch = module.collect(PROMPTS * 2, torch.Generator().manual_seed(123))
+    return float(batch["reward"].mean())
+
+
+def test_first_update_has_ratio_exactly_one(export: Path) -> None:
+    module = make_module(export)
+    batch = module.collect(PROMPTS, torch.Generator().manual_seed(0))
+    assert batch["states"].shape == (5, 16, 3, 24, 24) and batch["log_probs"].shape == (4, 16)
+    index = torch.arange(16)
+    new, kl = module.step_log_probs(batch, index, range(4))
+    assert new.requires_grad
+    assert torch.equal(new.detach(), batch["log_probs"].T)  # bit-identical: ratio exactly 1
+    assert torch.equal(kl, torch.zeros(16))
+    # Advantages are normalised within each prompt's group of 8.
+    groups = batch["advantages"].reshape(2, 8)
+    torch.testing.assert_close(groups.mean(1), torch.zeros(2), atol=1e-5, rtol=0)
+    assert set(batch["scores"]) == {"test_brightness", "colorfulness"}
+
+
+def test_grpo_raises_a_simple_reward(export: Path) -> None:
+    module = make_module(export)
+    before = mean_reward(module)
+    fit(module, steps=12)
+    after = mean_reward(module)
+    assert after > before + 0.1, (before, after)
+    assert module.chunk_sizes and sum(module.chunk_sizes) == 4 and len(module.chunk_sizes) == 2
+    assert int(module.iterations_done) == 12
+
+
+def test_lora_trains_adapters_only_and_exports_merged_weights(export: Path, tmp_path: Path) -> None:
+    module = make_module(
+        export, lora={"rank": 4, "alpha": 4, "target_modules": ["q", "kv", "proj"]}, beta=0.1
+    )
+    trainable = [n for n, p in module.policy.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    batch = module.collect(PROMPTS, torch.Generator().manual_seed(0))
+    _, kl = module.step_log_probs(batch, torch.arange(16), range(2))
+    assert torch.equal(kl, torch.zeros(16))  # the reference is the same network with adapters off
+    fit(module, steps=3)
+    _, kl = module.step_log_probs(batch, torch.arange(16), range(2))
+    assert float(kl.mean()) > 0
+    out = module.export(tmp_path / "lora_export")
+    loaded = load_pretrained(out)
+    base = load_pretrained(export)
+    assert loaded.model.state_dict().keys() == base.model.state_dict().keys()
+    changed = [
+        k for k, v in loaded.model.state_dict().items() if not torch.equal(v, base.model.state_dict()[k])
+    ]
+    assert changed and all(k.endswith("weight") for k in changed)
+
+
+def test_resume_continues_like_an_uninterrupted_run(export: Path, tmp_path: Path) -> None:
+    straight = make_module(export, chunk_sampling={"count": 1, "weighted": True})
+    fit(straight, steps=4)
+    first = make_module(export, chunk_sampling={"count": 1, "weighted": True})
+    trainer = fit(first, steps=2, root=tmp_path)
+    ckpt = tmp_path / "resume.ckpt"
+    trainer.save_checkpoint(ckpt)
+    resumed = make_module(export, chunk_sampling={"count": 1, "weighted": True})
+    fit(resumed, steps=4, ckpt=str(ckpt))
+    assert resumed.chunk_sizes == straight.chunk_sizes and int(resumed.iterations_done) == 4
+    for (name, a), (_, b) in zip(
+        straight.policy.named_parameters(), resumed.policy.named_parameters(), strict=True
+    ):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6, msg=name)
+
+
+def test_bad_settings_are_named(export: Path) -> None:
+    with pytest.raises(ValueError, match="chunking.mode"):
+        make_module(export, chunking={"mode": "random"})
+    with pytest.raises(ValueError, match="sum to 3, but the sampler makes 4"):
+        make_module(export, chunking={"mode": "fixed", "sizes": [1, 2]})
+    with pytest.raises(ValueError, match="at least one reward"):
+        make_module(export, rewards="")
+    with pytest.raises(ValueError, match="not a number"):
+        make_module(export, rewards="test_brightness=high")
+    with pytest.raises(ValueError, match="unknown reward 'nope'"):
+        make_module(export, targets="nope=3")
+
+
+def test_a_prompt_the_reward_cannot_judge_is_named(export: Path) -> None:
+    module = make_module(export, rewards="alignment", group_size=2)
+    with pytest.raises(ValueError, match="reward 'alignment' cannot score prompt 'a photo of a cat'"):
+        module.collect(["a photo of a cat"], torch.Generator().manual_seed(0))
+
+
+def test_prompt_pool_excludes_evaluation_prompts_and_batches_depend_only_on_the_step(tmp_path: Path) -> None:
+    from miro.eval.benchmark import benchmark_prompts
+
+    pool = training_prompts(benchmark_seed=1, per_category=16)
+    assert not set(pool) & {p.prompt for p in benchmark_prompts(16, 0)}
+    batches = iter(PromptBatches(pool, 4, seed=0))
+    first, second = next(batches), next(batches)
+    assert next(iter(PromptBatches(pool, 4, seed=0, start=1))) == second != first
+    file = tmp_path / "prompts.txt"
+    file.write_text("# comment\na cat\n\na dog\n")
+    assert training_prompts(str(file), exclude_eval=False) == ["a cat", "a dog"]
+    with pytest.raises(FileNotFoundError, match="missing.txt"):
+        training_prompts(str(tmp_path / "missing.txt"))
+
+
+@pytest.mark.parametrize("experiment", ["rl_shapes_chunk", "rl_shapes_step"])
+def test_experiments_run_export_and_generate(
+    experiment: str, export: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    out = tmp_path / experiment
+    cfg = compose_config(
+        "rl",
+        [
+            f"+experiment={experiment}",
+            f"pretrained={export}",
+            f"paths.output_dir={out}",
+            "iterations=2",
+            "checkpoint_every=1",
+            "logger=none",
+            "data.prompts_per_iteration=2",
+            "module.group_size=4",
+            "module.rollout_batch_size=8",
+            "module.train_batch_size=4",
+            "module.steps=4",
+            "module.rewards=test_brightness",
+            "module.chunking.num_chunks=2",
+            "trainer.enable_progress_bar=false",
+            "trainer.enable_model_summary=false",
+        ],
+    )
+    module, data, trainer = build(cfg)
+    assert trainer.limit_train_batches == 2 and updates_per_iteration(2, 4, 4, 1) == 2
+    trainer.fit(module, datamodule=data)
+    assert (out / "checkpoints" / "last.ckpt").is_file()
+    exported = module.export(out / "export")
+    assert load_pretrained(exported).config["grpo"]["iterations"] == 2
+    code = generate_cli.main(
+        [
+            "--checkpoint",
+            str(exported),
+            "--prompt",
+            "a red circle",
+            "--n",
+            "2",
+            "--steps",
+            "3",
+            "--out",
+            str(tmp_path / "images"),
+        ]
+    )
+    assert code == 0 and len(list((tmp_path / "images").glob("*.json"))) == 2
+    expected_chunks = [1, 1, 1, 1] if experiment == "rl_shapes_step" else module.chunk_sizes
+    assert module.chunk_sizes == expected_chunks and len(expected_chunks) in (2, 4)
+
+
+def test_large_model_experiment_composes() -> None:
+    cfg = compose_config(
+        "rl", ["+experiment=rl_cc12m", "pretrained=/models/cc12m", "prompt_file=/data/p.txt"]
+    )
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    assert resolved["module"]["lora"]["rank"] == 32 and resolved["data"]["prompts_file"] == "/data/p.txt"
+    assert resolved["module"]["chunking"]["mode"] == "dynamic"
+
+
+def small_rl_config(export: Path, out: Path, *extra: str):
+    return compose_config(
+        "rl",
+        [
+            "+experiment=rl_shapes_step",
+            f"pretrained={export}",
+            f"paths.output_dir={out}",
+            "logger=none",
+            "data.prompts_per_iteration=2",
+            "module.group_size=4",
+            "module.rollout_batch_size=8",
+            "module.train_batch_size=8",
+            "module.steps=3",
+            "module.rewards=test_brightness",
+            "trainer.enable_progress_bar=false",
+            "trainer.enable_model_summary=false",
+            *extra,
+        ],
+    )
+
+
+def test_command_line_run_resumes_from_its_last_checkpoint(export: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    module, data, trainer = build(small_rl_config(export, out, "iterations=1", "checkpoint_every=1"))
+    trainer.fit(module, datamodule=data)
+    assert int(module.iterations_done) == 1
+    cfg = small_rl_config(export, out, "iterations=3", f"ckpt_path={out / 'checkpoints' / 'last.ckpt'}")
+    module, data, trainer = build(cfg)
+    trainer.fit(module, datamodule=data, ckpt_path=cfg.ckpt_path)
+    assert int(module.iterations_done) == 3 and trainer.global_step == 3
+
+
+def test_reward_targets_condition_the_rollouts_and_ema_is_exported(export: Path, tmp_path: Path) -> None:
+    module = make_module(export, targets="sharpness=3", ema_decay=0.5)
+    names = module.reward_names
+    assert module.positive[names.index("sharpness")] == pytest.approx(0.3)
+    assert module.positive[names.index("alignment")] == 1.0  # unnamed targets stay at the top
+    batch = module.collect(PROMPTS, torch.Generator().manual_seed(0))
+    assert torch.allclose(batch["condition"].rewards, module.positive.expand(16, -1))
+    fit(module, steps=2)
+    policy, ema = module.policy.state_dict(), module.ema.state_dict()
+    assert any(not torch.equal(policy[k], ema[k]) for k in policy)
+    exported = load_pretrained(module.export(tmp_path / "ema_export")).model.state_dict()
+    assert all(torch.equal(exported[k], ema[k]) for k in ema)

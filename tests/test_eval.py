@@ -291,3 +291,56 @@ def test_miro_eval_missing_checkpoint(tmp_path: Path, capsys) -> None:
     assert main(["--checkpoint", str(tmp_path / "none"), "--out", str(tmp_path / "eval")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no such model directory" in err
+
+
+# -- the negative branch (the guidance study) ------------------------------------------------------------
+
+
+def test_negative_branch_options_reach_the_model_not_the_baseline(
+    checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    baseline = export_tiny_model(tmp_path / "baseline", None, reward_names=[], seed=1)
+    calls: list[tuple[bool, str | None, str | None]] = []
+    original = MiroPipeline.__call__
+
+    def spy(self, prompts, **kwargs):  # noqa: ANN001, ANN003, ANN202
+        calls.append((bool(self.reward_names), kwargs.get("negative_prompt"), kwargs.get("negative_rewards")))
+        return original(self, prompts, **kwargs)
+
+    monkeypatch.setattr(MiroPipeline, "__call__", spy)
+    out = tmp_path / "eval"
+    args = ["--checkpoint", str(checkpoint), "--baseline", str(baseline), "--out", str(out), *TINY,
+            "--negative-prompt", "", "--negative-rewards", "alignment=0"]
+    assert main(args) == 0
+    settings = json.loads((out / "results.json").read_text())["settings"]
+    assert settings["negative_prompt"] == "" and settings["negative_rewards"] == "alignment=0"
+    own, base = [c for c in calls if c[0]], [c for c in calls if not c[0]]
+    assert own and all(c[1:] == ("", "alignment=0") for c in own)
+    assert base and all(c[1:] == (None, None) for c in base)  # the baseline keeps its own sampling
+
+
+def test_an_empty_negative_prompt_changes_the_images(checkpoint: Path) -> None:
+    pipe = MiroPipeline.from_pretrained(checkpoint)
+
+    def images(**negative: str) -> torch.Tensor:
+        settings = EvalSettings(per_category=1, samples_per_prompt=1, steps=2, guidance=3.0, **negative)
+        evaluator = Evaluator(pipe, {}, settings)
+        return evaluator.images(evaluator.top(), 3)
+
+    default = images()
+    assert torch.equal(default, images())
+    assert not torch.equal(default, images(negative_prompt=""))
+    # The tiny model's own negative branch is every reward at 0: "" names the same, sharpness=10 does not.
+    assert torch.equal(default, images(negative_rewards=""))
+    assert not torch.equal(default, images(negative_rewards="sharpness=10"))
+
+
+def test_bad_negative_rewards_are_one_line(checkpoint: Path, tmp_path: Path, capsys) -> None:
+    out = ["--out", str(tmp_path / "e")]
+    assert main(["--checkpoint", str(checkpoint), *out, "--negative-rewards", "nope=1"]) == 2
+    assert "unknown reward 'nope'" in capsys.readouterr().err
+    baseline = export_tiny_model(tmp_path / "baseline", None, reward_names=[], seed=1)
+    assert main(["--checkpoint", str(baseline), *out, "--negative-rewards", ""]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "needs a model with reward conditioning" in err
+    assert not (tmp_path / "e").exists()

@@ -1,4 +1,11 @@
-"""``miro-eval``: benchmark accuracy, reward control and best-of-N for a trained MIRO model."""
+"""``miro-eval``: benchmark accuracy, reward control and best-of-N for a trained MIRO model.
+
+``miro-eval compare BEFORE AFTER --optimised NAME --out DIR`` puts two evaluations side by side (for
+example a model before and after GRPO): every reward's change, optimised or not, and the benchmark's.
+
+``miro-eval report [--run] [--scale cpu|gpu|test] [--seeds 0,1,2] [--out docs/results.md]`` writes the
+evidence report (conf/report.yaml) from the saved runs; ``--run`` first runs the ones that are missing.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +14,14 @@ import logging
 import sys
 from pathlib import Path
 
+from hydra.errors import HydraException
 from rich.progress import Progress
 
+from miro.eval.compare import CompareError, compare, load_results, write_comparison
 from miro.eval.report import write_report
+from miro.eval.results_report import write_results_report
 from miro.eval.runner import EvalSettings, Evaluator
+from miro.eval.study import STUDIES, Study, StudyError, compose_study_config, run_steps
 from miro.pipeline import PRECISIONS, MiroPipeline
 from miro.pretrained import CheckpointError
 from miro.rewards.base import RewardModel, UnknownRewardError
@@ -36,6 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--all-low", action="store_true", help="also run the benchmark with every target at 0")
     p.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the model's)")
     p.add_argument("--steps", type=int, default=None, help="Euler steps (default: the model's)")
+    p.add_argument("--negative-rewards", default=None,
+                   help="targets of the negative branch, NAME=VALUE,... (unnamed: 0; default: the model's)")
+    p.add_argument("--negative-prompt", default=None,
+                   help='caption of the negative branch ("" = empty text; default: the prompt itself)')
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--precision", choices=PRECISIONS, default="bf16",
@@ -57,7 +72,8 @@ def settings_from_args(args: argparse.Namespace) -> EvalSettings:
         per_category=args.per_category, samples_per_prompt=args.samples_per_prompt, sweep_levels=levels,
         sweep_images=args.sweep_images, best_of_prompts=args.best_of_prompts, best_of_max=args.best_of,
         all_low=args.all_low, guidance=args.guidance, steps=args.steps, seed=args.seed,
-        batch_size=args.batch_size,
+        batch_size=args.batch_size, negative_rewards=args.negative_rewards,
+        negative_prompt=args.negative_prompt,
     )
 
 
@@ -73,7 +89,76 @@ def model_name(checkpoint: str) -> str:
     return path.parent.name if path.name == "export" else path.name
 
 
+def build_compare_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="miro-eval compare", description="Compare two miro-eval results.")
+    p.add_argument("before", help="results.json (or its directory) of the starting model")
+    p.add_argument("after", help="results.json (or its directory) of the fine-tuned model")
+    p.add_argument("--optimised", required=True,
+                   help="comma-separated rewards the fine-tuning optimised (the others are listed as not)")
+    p.add_argument("--out", type=Path, required=True, help="directory for comparison.md and .json")
+    return p
+
+
+def compare_main(argv: list[str]) -> int:
+    args = build_compare_parser().parse_args(argv)
+    try:
+        before, after = load_results(args.before), load_results(args.after)
+        optimised = [n.strip() for n in args.optimised.split(",") if n.strip()]
+        result = compare(before, after, optimised)
+    except CompareError as err:
+        print(f"miro-eval compare: {err}", file=sys.stderr)
+        return 2
+    paths = write_comparison(result, args.out)
+    print(paths["markdown"].read_text(encoding="utf-8"))
+    print(f"Comparison: {paths['markdown']}\nData: {paths['json']}")
+    return 0
+
+
+def build_report_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="miro-eval report", description="The evidence report (conf/report.yaml) from the saved runs.")
+    p.add_argument("--run", action="store_true", help="first run the study's missing steps (hours on a CPU)")
+    p.add_argument("--dry-run", action="store_true", help="list the steps and whether each is done; run none")
+    p.add_argument("--scale", default=None, help="conf/report/<scale>.yaml: cpu (default), gpu or test")
+    p.add_argument("--seeds", default=None, help="comma-separated training seeds (default: the scale's)")
+    p.add_argument("--studies", default=None,
+                   help=f"with --run: only these, comma-separated ({', '.join(STUDIES)}; default: all)")
+    p.add_argument("--out", default=None, help="the report (default: the scale's, e.g. docs/results.md)")
+    p.add_argument("overrides", nargs="*", help="Hydra overrides of conf/report.yaml, e.g. train.steps=1000")
+    return p
+
+
+def report_main(argv: list[str]) -> int:
+    args = build_report_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    try:
+        seeds = None if args.seeds is None else [int(s) for s in args.seeds.split(",") if s.strip()]
+        cfg = compose_study_config(args.scale, seeds, args.out, args.overrides)
+        study = Study(cfg)
+        studies = STUDIES if args.studies is None else [s.strip() for s in args.studies.split(",")]
+        steps = study.steps(studies)
+        if args.dry_run:
+            for step in steps:
+                print(f"{'done' if step.done() else 'todo'}  {step.name}: {step.shell()}")
+            return 0
+        if args.run:
+            position = {step.name: f"[{i}/{len(steps)}]" for i, step in enumerate(steps, start=1)}
+            run_steps(steps, study.layout, int(cfg.threads),
+                      progress=lambda step, state: print(position[step.name], state, step.name, flush=True))
+        paths = write_results_report(study, cfg.out)
+    except (StudyError, ValueError, HydraException) as err:
+        print(f"miro-eval report: {err}", file=sys.stderr)
+        return 2
+    print(f"Report: {paths['markdown']}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["compare"]:
+        return compare_main(argv[1:])
+    if argv[:1] == ["report"]:
+        return report_main(argv[1:])
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     try:
@@ -83,11 +168,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.baseline:
             baseline = MiroPipeline.from_pretrained(args.baseline, args.device, args.precision)
         rewards = measured_rewards(args.rewards, pipe)
+        evaluator = Evaluator(pipe, rewards, settings)
     except (CheckpointError, UnknownRewardError, ValueError, OSError) as err:
         print(f"miro-eval: {err}", file=sys.stderr)
         return 2
     with Progress() as progress:
-        evaluator = Evaluator(pipe, rewards, settings)
         total = evaluator.total_images(with_baseline=baseline is not None)
         task = progress.add_task("evaluating (images generated)", total=total)
         evaluator.progress = lambda n: progress.advance(task, n)

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from miro.eval.benchmark import BenchmarkPrompt, all_facts_hold, benchmark_prompts, score_benchmark
-from miro.pipeline import TARGET_MAX, MiroPipeline
+from miro.pipeline import TARGET_MAX, MiroPipeline, parse_reward_spec
 from miro.rewards.base import RewardModel
 
 log = logging.getLogger(__name__)
@@ -56,6 +56,9 @@ class EvalSettings:
     all_low: bool = False            # also run the benchmark with every target at 0
     guidance: float | None = None    # None: the model's default
     steps: int | None = None
+    # The evaluated model's negative branch (never the baseline's): None keeps the model's default.
+    negative_rewards: str | None = None  # targets as NAME=VALUE,...; unnamed rewards 0 ("" = all 0)
+    negative_prompt: str | None = None   # caption of the negative branch ("" = empty text)
     seed: int = 0
     batch_size: int = 64
 
@@ -83,6 +86,9 @@ class EvalResults:
     # condition label -> per-category rows; condition label -> reward -> mean/se/n
     benchmark: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     rewards_at: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
+    # condition label -> reward -> one score per benchmark image (prompt order, fixed seeds), so two
+    # evaluations with the same settings can be compared image by image (miro-eval compare)
+    per_image: dict[str, dict[str, list[float]]] = field(default_factory=dict)
     # reward -> sweep points; reward -> "reward" (and for alignment "accuracy") -> paired top - bottom
     sweeps: dict[str, list[dict[str, float]]] = field(default_factory=dict)
     contrasts: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
@@ -148,6 +154,10 @@ class Evaluator:
         progress: Progress | None = None,
     ) -> None:
         self.pipe, self.rewards, self.s = pipe, dict(rewards), settings
+        if settings.negative_rewards is not None:
+            if not pipe.reward_names:
+                raise ValueError("negative_rewards needs a model with reward conditioning; this one has none")
+            parse_reward_spec(settings.negative_rewards, pipe.reward_names)  # a bad spec fails here, named
         self.progress = progress or (lambda n: None)
         self.items: list[BenchmarkPrompt] = [
             p for p in benchmark_prompts(settings.per_category, settings.seed)
@@ -191,10 +201,13 @@ class Evaluator:
         self, pipe: MiroPipeline, prompts: Sequence[str], seeds: Sequence[int], targets: Mapping[str, float]
     ) -> torch.Tensor:
         out = []
+        own = pipe is self.pipe  # the negative-branch settings are the evaluated model's, not the baseline's
         for i in range(0, len(prompts), self.s.batch_size):
             chunk = slice(i, i + self.s.batch_size)
             out.append(pipe(
                 list(prompts[chunk]), rewards=dict(targets) if pipe.reward_names else None,
+                negative_rewards=self.s.negative_rewards if own else None,
+                negative_prompt=self.s.negative_prompt if own else None,
                 guidance=self.s.guidance, steps=self.s.steps, seed=list(seeds[chunk]), output="tensor",
             ))
             self.images_generated += len(out[-1])
@@ -219,15 +232,16 @@ class Evaluator:
     # -- the studies --------------------------------------------------------------------------------
     def benchmark(
         self, targets: Mapping[str, float]
-    ) -> tuple[list[dict[str, Any]], dict[str, dict[str, float]]]:
-        """Every benchmark item at ``targets``: per-category accuracy rows and mean rewards."""
+    ) -> tuple[list[dict[str, Any]], dict[str, dict[str, float]], dict[str, torch.Tensor]]:
+        """Every benchmark item at ``targets``: per-category accuracy rows, mean rewards and the
+        per-image scores."""
         images = self.images(targets, len(self.items))
         scores = self.score(images, [item.prompt for item in self.items])
         rows: list[dict[str, Any]] = []
         if ALIGNMENT in scores:
             per_cat, overall = score_benchmark(self.items, scores[ALIGNMENT])
             rows = [asdict(r) for r in [*per_cat, overall]]
-        return rows, {name: mean_se(v) for name, v in scores.items()}
+        return rows, {name: mean_se(v) for name, v in scores.items()}, scores
 
     def sweep(self, reward: str) -> tuple[list[dict[str, float]], dict[str, dict[str, float]]]:
         """Sweep one reward's target over the levels, others at the top, and measure that reward.
@@ -292,7 +306,8 @@ class Evaluator:
                 res.data_range[name] = bins.data_range(name)
         for label, targets in self.conditions().items():
             log.info("benchmark: %s", label)
-            res.benchmark[label], res.rewards_at[label] = self.benchmark(targets)
+            res.benchmark[label], res.rewards_at[label], scores = self.benchmark(targets)
+            res.per_image[label] = {name: v.float().tolist() for name, v in scores.items()}
         for name in self.swept_rewards():
             log.info("control sweep: %s", name)
             res.sweeps[name], res.contrasts[name] = self.sweep(name)

@@ -1,4 +1,4 @@
-"""Training callbacks: throughput in the progress bar, sample grids, and the final safetensors export."""
+"""Training callbacks: throughput in the progress bar, sample grids, and the safetensors exports."""
 
 from __future__ import annotations
 
@@ -119,7 +119,12 @@ class SampleGrid(L.Callback):
 
 
 class ExportPretrained(L.Callback):
-    """At the end of training, write the EMA weights as safetensors plus config.json (miro.pretrained)."""
+    """At the end of training, write the EMA weights as safetensors plus config.json (miro.pretrained).
+
+    With ``every_n_steps > 0`` the same export is also written every that many optimiser steps, to
+    ``<periodic_dir>/step{N:07d}`` (default: ``exports/`` next to ``out_dir``): convergence can then be
+    measured at several training lengths from one run, on exactly the weights a user would sample.
+    """
 
     def __init__(
         self,
@@ -127,14 +132,34 @@ class ExportPretrained(L.Callback):
         text_encoder: DictConfig | dict,
         vae: DictConfig | dict | None = None,
         sampling: DictConfig | dict | None = None,
+        every_n_steps: int = 0,
+        periodic_dir: str | None = None,
     ) -> None:
+        if every_n_steps < 0:
+            raise ValueError(f"every_n_steps must be >= 0 (0 = only the final export), got {every_n_steps}")
         self.out_dir = out_dir
         self.text_encoder_config = _plain(text_encoder)
         self.vae_config = _plain(vae) if vae else None
         self.sampling = _plain(sampling) if sampling else {}
+        self.every_n_steps = every_n_steps
+        self.periodic_dir = Path(periodic_dir) if periodic_dir else Path(out_dir).parent / "exports"
+        self._last_periodic: int | None = None
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        step = trainer.global_step
+        due = self.every_n_steps > 0 and step > 0 and step % self.every_n_steps == 0
+        # With gradient accumulation several batches end at the same optimiser step: export once.
+        if due and step != self._last_periodic:
+            self._last_periodic = step
+            self.export(trainer, pl_module, self.periodic_dir / f"step{step:07d}")
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.export(trainer, pl_module, Path(self.out_dir))
 
     @rank_zero_only
-    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def export(self, trainer: L.Trainer, pl_module: L.LightningModule, out_dir: Path) -> Path:
         dm = trainer.datamodule
         text_encoder = (
             pl_module.ema_text_encoder if pl_module.ema_text_encoder is not None else pl_module.text_encoder
@@ -145,7 +170,7 @@ class ExportPretrained(L.Callback):
             # the code would rebuild it, since word ids index the trained embedding.
             text_config["vocab"] = list(text_encoder.words)
         path = save_pretrained(
-            self.out_dir,
+            out_dir,
             pl_module.ema_model,
             text_encoder,
             text_config,
@@ -157,6 +182,7 @@ class ExportPretrained(L.Callback):
             extra={"training": {"global_step": trainer.global_step}},
         )
         log.info("exported EMA weights to %s", path)
+        return path
 
 
 def _plain(cfg: DictConfig | dict | None) -> dict:

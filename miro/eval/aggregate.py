@@ -1,0 +1,114 @@
+"""Statistics across training seeds for the evidence report: spread per point, steps to a threshold,
+speed-ups and where one sample matches a best-of-N.
+
+Everything here is plain arithmetic on lists of floats (``None`` or NaN = a run that is missing or a
+value that is undefined), so it can be checked by hand and reused on any saved numbers.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+Value = float | None
+
+
+@dataclass(frozen=True)
+class Spread:
+    """Mean, sample standard deviation (n - 1) and range of one quantity over seeds.
+
+    ``std`` is NaN for fewer than two values (a spread cannot be estimated from one run); every field
+    is NaN when no value is available.
+    """
+
+    mean: float
+    std: float
+    lo: float
+    hi: float
+    n: int
+
+    def format(self, digits: int = 3) -> str:
+        """``0.420 ± 0.031 [0.390, 0.450]``: mean ± std [min, max]; one value alone; n/a for none."""
+        if self.n == 0:
+            return "n/a"
+        if self.n == 1:
+            return f"{self.mean:.{digits}f}"
+        return f"{self.mean:.{digits}f} ± {self.std:.{digits}f} [{self.lo:.{digits}f}, {self.hi:.{digits}f}]"
+
+
+def _finite(values: Sequence[Value]) -> list[float]:
+    return [float(v) for v in values if v is not None and math.isfinite(float(v))]
+
+
+def across_seeds(values: Sequence[Value]) -> Spread:
+    """The spread of one quantity measured once per seed; missing or non-finite values are left out."""
+    v = _finite(values)
+    nan = float("nan")
+    if not v:
+        return Spread(nan, nan, nan, nan, 0)
+    std = statistics.stdev(v) if len(v) > 1 else nan
+    return Spread(statistics.fmean(v), std, min(v), max(v), len(v))
+
+
+def mean_curve(curves: Sequence[Sequence[Value]]) -> list[float]:
+    """Pointwise mean over seeds of equally long curves (NaN where no seed has a value)."""
+    if not curves:
+        return []
+    length = len(curves[0])
+    if any(len(c) != length for c in curves):
+        raise ValueError(f"curves of different lengths: {[len(c) for c in curves]}")
+    return [across_seeds([c[i] for c in curves]).mean for i in range(length)]
+
+
+def steps_to_reach(steps: Sequence[float], values: Sequence[Value], threshold: float) -> float | None:
+    """Training steps a curve needs to reach ``threshold`` (higher is better), interpolated linearly
+    between the last point below and the first point at or above it.
+
+    The first evaluated point already at the threshold gives its own step (an upper bound: the curve
+    was not measured earlier). ``None`` when the curve never reaches the threshold. Points without a
+    value are skipped.
+    """
+    if len(steps) != len(values):
+        raise ValueError(f"{len(steps)} steps but {len(values)} values")
+    points = sorted(
+        (float(s), float(v))
+        for s, v in zip(steps, values, strict=True)
+        if v is not None and math.isfinite(float(v))
+    )
+    previous: tuple[float, float] | None = None
+    for step, value in points:
+        if value >= threshold:
+            if previous is None:
+                return step
+            s0, v0 = previous
+            return s0 + (threshold - v0) / (value - v0) * (step - s0)
+        previous = (step, value)
+    return None
+
+
+def speedup(baseline_steps: float | None, miro_steps: float | None) -> float | None:
+    """Steps the baseline needs divided by the steps MIRO needs; ``None`` when either never gets there."""
+    if baseline_steps is None or miro_steps is None or miro_steps <= 0:
+        return None
+    return baseline_steps / miro_steps
+
+
+def threshold_at(first: float, final: float, fraction: float) -> float | None:
+    """The value ``fraction`` of the way from a curve's first to its final value; ``None`` when the curve
+    does not improve (a threshold on the way up is then undefined)."""
+    if not (math.isfinite(first) and math.isfinite(final)) or final <= first:
+        return None
+    return first + fraction * (final - first)
+
+
+def single_sample_matches(single: float, best_of: Sequence[Value]) -> int:
+    """The largest N for which one sample (``single``) is at least as good as the best of N samples of
+    the other model (``best_of[N - 1]``); 0 when even the other model's single sample is better."""
+    matched = 0
+    for n, value in enumerate(best_of, start=1):
+        if value is None or not math.isfinite(float(value)) or single < float(value):
+            break
+        matched = n
+    return matched

@@ -1,0 +1,123 @@
+"""ExportPretrained's periodic exports: one loadable export per N steps, holding that step's EMA weights."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from miro.config import compose_config
+from miro.lit.callbacks import ExportPretrained
+from miro.pretrained import load_pretrained
+from miro.train import build
+
+
+class _EmaAt(L.Callback):
+    """Copies the EMA weights at the end of every optimiser step (after the EMA update)."""
+
+    def __init__(self) -> None:
+        self.ema: dict[int, dict[str, torch.Tensor]] = {}
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:  # noqa: ANN001
+        self.ema[trainer.global_step] = {k: v.clone() for k, v in pl_module.ema_model.state_dict().items()}
+
+
+def _train(scored_shapes: Path, out: Path, *extra: str) -> tuple[_EmaAt, L.Trainer]:
+    cfg = compose_config(
+        "train",
+        [
+            "+experiment=shapes",
+            f"paths.data_dir={scored_shapes}",
+            f"paths.output_dir={out}",
+            "model=dit_tiny",
+            "data.image_size=24",
+            "data.batch_size=4",
+            "trainer.max_steps=5",
+            "module.warmup_steps=1",
+            "~callbacks.sample_grid",
+            "~callbacks.checkpoint",
+            "logger=none",
+            "trainer.enable_progress_bar=false",
+            "trainer.enable_model_summary=false",
+            *extra,
+        ],
+    )
+    module, datamodule, trainer = build(cfg)
+    record = _EmaAt()
+    trainer.callbacks.append(record)
+    trainer.fit(module, datamodule=datamodule)
+    return record, trainer
+
+
+def _weights(export: Path) -> dict[str, torch.Tensor]:
+    return {
+        k.removeprefix("model."): v
+        for k, v in load_file(str(export / "model.safetensors")).items()
+        if k.startswith("model.")
+    }
+
+
+def test_periodic_exports_hold_the_ema_weights_of_their_step(scored_shapes: Path, tmp_path: Path) -> None:
+    record, trainer = _train(scored_shapes, tmp_path, "++callbacks.export.every_n_steps=2")
+    assert trainer.global_step == 5
+    exports = sorted(p.name for p in (tmp_path / "exports").iterdir())
+    assert exports == ["step0000002", "step0000004"]  # 5 is not a multiple of 2: only the final export
+    for step in (2, 4):
+        folder = tmp_path / "exports" / f"step{step:07d}"
+        config = json.loads((folder / "config.json").read_text())
+        assert config["training"]["global_step"] == step
+        weights = _weights(folder)
+        assert weights.keys() == record.ema[step].keys()
+        assert all(torch.equal(weights[k], v) for k, v in record.ema[step].items())
+        assert load_pretrained(folder).reward_names == [
+            "alignment",
+            "sharpness",
+            "colorfulness",
+            "compressibility",
+        ]
+    early, late = (
+        _weights(tmp_path / "exports" / "step0000002"),
+        _weights(tmp_path / "exports" / "step0000004"),
+    )
+    assert any(not torch.equal(early[k], late[k]) for k in early)
+    final = _weights(tmp_path / "export")
+    assert all(torch.equal(final[k], v) for k, v in record.ema[5].items())
+
+
+def test_exports_once_per_step_under_gradient_accumulation(
+    scored_shapes: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import miro.lit.callbacks as callbacks
+
+    written: list[str] = []
+    save = callbacks.save_pretrained
+
+    def spy(out_dir, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        written.append(Path(out_dir).name)
+        return save(out_dir, *args, **kwargs)
+
+    monkeypatch.setattr(callbacks, "save_pretrained", spy)
+    # Two batches per optimiser step: step 2 ends at batches 4 and 5 (1-based), but is exported once.
+    _, trainer = _train(
+        scored_shapes,
+        tmp_path,
+        "++callbacks.export.every_n_steps=2",
+        "+trainer.accumulate_grad_batches=2",
+        "trainer.max_steps=4",
+    )
+    assert trainer.global_step == 4
+    assert written == ["step0000002", "step0000004", "export"]
+
+
+def test_no_periodic_exports_by_default(scored_shapes: Path, tmp_path: Path) -> None:
+    _train(scored_shapes, tmp_path, "trainer.max_steps=2")
+    assert not (tmp_path / "exports").exists() and (tmp_path / "export" / "config.json").is_file()
+
+
+def test_negative_interval_is_refused() -> None:
+    with pytest.raises(ValueError, match="every_n_steps must be >= 0"):
+        ExportPretrained("out", {}, every_n_steps=-1)

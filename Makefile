@@ -25,13 +25,14 @@ EXPERIMENT ?= shapes
 RUN_DIR ?= $(DEMO_DIR)/train/$(EXPERIMENT)
 # Training length of the demo in minutes of this repo's reference machine (2-core CPU); converted to
 # optimiser steps so that a run is the same on any machine (faster machines just finish sooner).
-DEMO_MINUTES ?= 5
+# 15: shapes become partly recognisable and alignment control clear (docs/demo.md); 5 draws blobs.
+DEMO_MINUTES ?= 15
 STEPS_PER_MINUTE ?= 650
 DEMO_STEPS ?= $(shell echo $$(( $(DEMO_MINUTES) * $(STEPS_PER_MINUTE) )))
 PROMPTS ?= conf/prompts/shapes_demo.txt
 ARGS ?=
 
-.PHONY: setup test test-slow lint data score-shards fit-bins train samples eval demo bench clean-demo
+.PHONY: setup test test-slow lint data score-shards fit-bins cache-latents train samples eval demo grpo report bench bench-gpu clean-demo
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON_BASE) -m venv $(VENV)
@@ -62,6 +63,11 @@ score-shards: setup
 fit-bins: setup
 	$(PY) -m data_prep.fit_bins input=$(SCORED) out=$(BINS) n_bins=$(N_BINS) $(ARGS)
 
+# The cc12m recipe's latents and FLAN-T5 features, next to the scored shards (docs/cc12m.md), e.g.
+#   make cache-latents DEMO_DIR=/data/cc12m ARGS="device=cuda text_encoder.dtype=bfloat16"
+cache-latents: setup
+	$(PY) -m data_prep.cache_latents input=$(SCORED) output=$(DEMO_DIR)/cached $(ARGS)
+
 train: setup
 	$(PY) -m miro.train +experiment=$(EXPERIMENT) paths.data_dir=$(DEMO_DIR) paths.output_dir=$(RUN_DIR) \
 		data.image_size=$(SIZE) trainer.max_steps=$(DEMO_STEPS) $(ARGS)
@@ -91,10 +97,41 @@ demo: setup
 	@echo "  evaluation report:                $(DEMO_DIR)/eval/report.md"
 	@echo "  training run (TensorBoard, checkpoints, exported model): $(RUN_DIR)"
 
+# GRPO on the demo's model (run make demo first): fine-tune on held-out-free prompts, evaluate the result
+# with the demo's evaluation settings, and compare every reward before and after.
+RL_EXPERIMENT ?= rl_shapes_chunk
+RL_ITERATIONS ?= 30
+RL_DIR ?= $(DEMO_DIR)/rl/$(RL_EXPERIMENT)
+RL_REWARD ?= alignment
+
+grpo: setup
+	$(PY) -m miro.rl +experiment=$(RL_EXPERIMENT) paths.data_dir=$(DEMO_DIR) paths.output_dir=$(RL_DIR) \
+		pretrained=$(RUN_DIR)/export iterations=$(RL_ITERATIONS) module.rewards=$(RL_REWARD) $(ARGS)
+	test -f $(DEMO_DIR)/eval/results.json || $(MAKE) --no-print-directory eval ARGS=
+	$(VENV)/bin/miro-eval --checkpoint $(RL_DIR)/export --out $(RL_DIR)/eval
+	$(VENV)/bin/miro-eval compare $(DEMO_DIR)/eval $(RL_DIR)/eval --optimised $(RL_REWARD) --out $(RL_DIR)/compare
+
+# The evidence report (docs/results.md, conf/report.yaml) from the saved runs under runs/evidence/<scale>;
+# REPORT_RUN=1 first runs the missing ones: make report REPORT_RUN=1 (CPU scale: hours, resumable),
+# make report REPORT_SCALE=gpu REPORT_RUN=1 on a GPU machine, REPORT_SCALE=test for a minute's smoke run.
+REPORT_SCALE ?= cpu
+REPORT_SEEDS ?=
+REPORT_RUN ?=
+
+report: setup
+	$(VENV)/bin/miro-eval report --scale $(REPORT_SCALE) $(if $(REPORT_SEEDS),--seeds $(REPORT_SEEDS)) \
+		$(if $(REPORT_RUN),--run) $(ARGS)
+
 bench: setup
 	$(PY) bench/bench_scoring.py
 	$(PY) bench/bench_train.py
 	$(PY) bench/bench_generate.py
+
+# On a CUDA machine: training/generation throughput and MFU of the DiT sizes next to the reference
+# miro-t2i network (installed into .bench/, never into .venv: its import name is also `miro`).
+bench-gpu: setup
+	$(PY) -m pip install -q --no-deps --target .bench/miro_t2i miro-t2i==0.1.4
+	$(PY) bench/bench_train_gpu.py --reference-dir .bench/miro_t2i $(ARGS)
 
 clean-demo:
 	rm -rf $(DEMO_DIR)

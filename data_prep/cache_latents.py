@@ -25,12 +25,11 @@ under torchrun, rank ``i`` of ``W`` takes shards ``i, i + W, ...`` on ``cuda:LOC
 
 from __future__ import annotations
 
-import json
 import logging
 import tarfile
 import zlib
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +61,7 @@ from miro.data.shards import (
 from miro.models.vae import LatentVAE, MissingVAEError
 from miro.scoring import (
     IMAGE_EXTS,
+    JsonReport,
     ScoringConfigError,
     device_for_rank,
     dist_rank_world,
@@ -81,7 +81,7 @@ class CacheConfigError(ScoringConfigError):
 
 
 @dataclass
-class CacheReport:
+class CacheReport(JsonReport):
     """What happened to one shard; saved next to the outputs as ``REPORTS/NAME.json``."""
 
     shard: str
@@ -95,14 +95,6 @@ class CacheReport:
     n_skipped: int = 0
     text_tokens: int = 0  # real tokens stored, summed over samples
     skipped: list[dict[str, str]] = field(default_factory=list)  # [{"key", "reason"}]
-
-    def to_bytes(self) -> bytes:
-        """Deterministic JSON (no timings), so a rerun writes identical reports."""
-        return (json.dumps(asdict(self), indent=1, sort_keys=True) + "\n").encode("utf-8")
-
-    @classmethod
-    def load(cls, path: str | Path) -> CacheReport:
-        return cls(**json.loads(Path(path).read_text(encoding="utf-8")))
 
 
 @dataclass

@@ -12,7 +12,8 @@ from pathlib import Path
 
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
-from omegaconf import DictConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
@@ -22,3 +23,28 @@ def compose_config(config_name: str, overrides: Sequence[str] = ()) -> DictConfi
     GlobalHydra.instance().clear()  # a previous compose (or @hydra.main) may still hold the singleton
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return compose(config_name=config_name, overrides=list(overrides))
+
+
+def prepare_run_dir(cfg: DictConfig) -> Path:
+    """Create ``cfg.paths.output_dir`` and save the fully resolved config there as config.yaml, so every
+    run can be reproduced from its own directory."""
+    out = Path(cfg.paths.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    return out
+
+
+def instantiate_group(cfg: DictConfig, group: str) -> list:
+    """Every entry of a config group (callbacks, loggers), skipping nulls; an entry left without a
+    ``_target_`` by an experiment is named in the error."""
+    out = []
+    for name, node in (cfg.get(group) or {}).items():
+        if node is None:
+            continue
+        if "_target_" not in node:
+            raise ValueError(
+                f"{group}.{name} has no _target_: an experiment sets options of a {group} entry that the "
+                f"selected {group} config does not define (drop it with ~{group}.{name})"
+            )
+        out.append(instantiate(node))
+    return out

@@ -33,7 +33,7 @@ import tarfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 import torch
@@ -138,8 +138,20 @@ def build_rewards(specs: Mapping[str, Mapping[str, Any]], device: str = "cpu") -
 # Scoring one shard
 
 
+class JsonReport:
+    """A dataclass saved as deterministic JSON (no timings), so a rerun of a stage writes identical
+    reports; shared by the data stages' per-shard reports."""
+
+    def to_bytes(self) -> bytes:
+        return (json.dumps(asdict(self), indent=1, sort_keys=True) + "\n").encode("utf-8")
+
+    @classmethod
+    def load(cls, path: str | Path) -> Self:
+        return cls(**json.loads(Path(path).read_text(encoding="utf-8")))
+
+
 @dataclass
-class ShardReport:
+class ShardReport(JsonReport):
     """What happened to one shard; saved next to the outputs as ``REPORTS/NAME.json``."""
 
     shard: str  # file name, the same for input and output
@@ -151,14 +163,6 @@ class ShardReport:
     computed: dict[str, int] = field(default_factory=dict)  # name -> scores computed now
     reused: dict[str, int] = field(default_factory=dict)  # name -> scores kept from the input
     skipped: list[dict[str, str]] = field(default_factory=list)  # [{"key", "reason"}]
-
-    def to_bytes(self) -> bytes:
-        """Deterministic JSON (no timings), so a rerun writes identical reports."""
-        return (json.dumps(asdict(self), indent=1, sort_keys=True) + "\n").encode("utf-8")
-
-    @classmethod
-    def load(cls, path: str | Path) -> ShardReport:
-        return cls(**json.loads(Path(path).read_text(encoding="utf-8")))
 
 
 @dataclass

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import logging
 import warnings
-from pathlib import Path
 
 import hydra
 import lightning as L
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
+
+from miro.config import instantiate_group, prepare_run_dir
 
 log = logging.getLogger("miro.train")
 
@@ -32,31 +33,15 @@ def build(cfg: DictConfig) -> tuple[L.LightningModule, L.LightningDataModule, L.
     module = instantiate(
         cfg.module, model=model, text_encoder=text_encoder, vae=vae, reward_names=reward_names
     )
-    callbacks = _instantiate_group(cfg, "callbacks")
-    loggers = _instantiate_group(cfg, "logger")
+    callbacks = instantiate_group(cfg, "callbacks")
+    loggers = instantiate_group(cfg, "logger")
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     return module, datamodule, trainer
 
 
-def _instantiate_group(cfg: DictConfig, group: str) -> list:
-    out = []
-    for name, node in (cfg.get(group) or {}).items():
-        if node is None:
-            continue
-        if "_target_" not in node:
-            raise ValueError(
-                f"{group}.{name} has no _target_: an experiment sets options of a {group} entry that the "
-                f"selected {group} config does not define (drop it with ~{group}.{name})"
-            )
-        out.append(instantiate(node))
-    return out
-
-
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> None:
-    out = Path(cfg.paths.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    out = prepare_run_dir(cfg)
     module, datamodule, trainer = build(cfg)
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     if not trainer.is_global_zero:

@@ -1,8 +1,15 @@
 import pytest
 import torch
+from hydra.utils import instantiate
 from transformers import AutoTokenizer, BertTokenizer, T5Config, T5EncoderModel
 
-from miro.models.text import HFTextEncoder, MiniLMTextEncoder, WordTextEncoder, minilm_model_dir
+from miro.models.text import (
+    FeatureCache,
+    HFTextEncoder,
+    WordTextEncoder,
+    minilm_model_dir,
+    pad_rows,
+)
 
 CAPTIONS = ["a red circle on the left", "a small blue square", ""]
 
@@ -64,7 +71,10 @@ def test_hf_encoder_missing_weights_message(tmp_path):
 
 
 def test_minilm_real_encoder():
-    encoder = MiniLMTextEncoder(max_length=16)
+    # built the way an exported model's config.json rebuilds it
+    config = {"_target_": "miro.models.text.MiniLMTextEncoder", "max_length": 16, "cache_size": 8}
+    encoder = instantiate(config)
+    assert encoder.cache.max_size == 8
     tokens, mask = encoder(CAPTIONS)
     assert encoder.dim == 384 and not encoder.trainable
     assert tokens.shape == (3, mask.shape[1], 384)
@@ -105,3 +115,114 @@ def test_word_encoder_forward_padding_invariant_and_trainable():
     assert encoder.embed.weight.grad.abs().sum() > 0
     encoder.train()
     assert encoder.training
+
+
+# ---- per-caption feature cache of frozen encoders ---------------------------------------------------
+LONG, SHORT, MID = "a red circle on the left of a blue square", "a circle", "a small blue square"
+
+
+def cached_t5(tiny_t5, bert_tokenizer, cache_size):
+    """A cached encoder sharing tiny_t5's weights, and a list recording the batch size of each model call."""
+    encoder = HFTextEncoder(
+        max_length=12, model=tiny_t5.model, tokenizer=bert_tokenizer, cache_size=cache_size
+    )
+    calls = []
+    handle = encoder.model.register_forward_hook(
+        lambda mod, args, kw, out: calls.append(kw["input_ids"].shape[0]), with_kwargs=True
+    )
+    return encoder, calls, handle
+
+
+def uncached(tiny_t5, bert_tokenizer, captions):
+    return HFTextEncoder(max_length=12, model=tiny_t5.model, tokenizer=bert_tokenizer)(captions)
+
+
+def test_cache_hit_equals_uncached_and_skips_the_model(tiny_t5, bert_tokenizer):
+    encoder, calls, handle = cached_t5(tiny_t5, bert_tokenizer, 16)
+    try:
+        first = encoder([LONG, SHORT, LONG])
+        again = encoder([SHORT, LONG])
+    finally:
+        handle.remove()
+    assert calls == [2]  # one model call, on the two distinct captions; the second batch is all hits
+    fresh_tokens, fresh_mask = uncached(tiny_t5, bert_tokenizer, [LONG, SHORT, LONG])
+    torch.testing.assert_close(first[0], fresh_tokens, rtol=0, atol=1e-5)
+    assert torch.equal(first[1], fresh_mask)
+    torch.testing.assert_close(again[0], fresh_tokens[[1, 0]], rtol=0, atol=1e-5)
+    assert torch.equal(again[1], fresh_mask[[1, 0]])
+    assert not again[0].requires_grad and again[0].device == encoder.device
+
+
+def test_cache_pads_mixed_cached_and_new_captions(tiny_t5, bert_tokenizer):
+    encoder, calls, handle = cached_t5(tiny_t5, bert_tokenizer, 16)
+    try:
+        encoder([SHORT])  # cached alone: 4 real tokens, no padding
+        tokens, mask = encoder([LONG, SHORT, MID, SHORT])
+    finally:
+        handle.remove()
+    assert calls == [1, 2]  # only LONG and MID were new
+    fresh_tokens, fresh_mask = uncached(tiny_t5, bert_tokenizer, [LONG, SHORT, MID, SHORT])
+    assert mask.sum(1).tolist() == fresh_mask.sum(1).tolist() == [12, 4, 6, 4]  # LONG truncated at 12
+    assert torch.equal(mask, fresh_mask) and tokens.shape == fresh_tokens.shape == (4, 12, 32)
+    assert tokens[~mask].abs().sum() == 0
+    torch.testing.assert_close(tokens, fresh_tokens, rtol=0, atol=1e-5)
+
+
+def test_cache_eviction_bound_and_lru_order(tiny_t5, bert_tokenizer):
+    encoder, calls, handle = cached_t5(tiny_t5, bert_tokenizer, 2)
+    try:
+        encoder([LONG])
+        encoder([SHORT])
+        encoder([LONG])  # hit: LONG becomes the most recent, so SHORT goes next
+        encoder([MID])
+        assert len(encoder.cache) == 2
+        assert (LONG, None) in encoder.cache and (SHORT, None) not in encoder.cache
+        tokens, mask = encoder([SHORT, MID, LONG, "a green triangle"])  # more distinct captions than fit
+    finally:
+        handle.remove()
+    assert calls == [1, 1, 1, 2]
+    assert len(encoder.cache) == 2
+    fresh_tokens, fresh_mask = uncached(tiny_t5, bert_tokenizer, [SHORT, MID, LONG, "a green triangle"])
+    assert torch.equal(mask, fresh_mask)
+    torch.testing.assert_close(tokens, fresh_tokens, rtol=0, atol=1e-5)
+
+
+def test_cache_keeps_autocast_features_apart(tiny_t5, bert_tokenizer):
+    encoder, calls, handle = cached_t5(tiny_t5, bert_tokenizer, 8)
+    try:
+        plain, _ = encoder([MID])
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            mixed, _ = encoder([MID])
+            mixed_again, _ = encoder([MID])
+    finally:
+        handle.remove()
+    assert calls == [1, 1] and len(encoder.cache) == 2
+    assert (MID, torch.bfloat16) in encoder.cache
+    assert torch.equal(mixed, mixed_again) and plain.dtype == torch.float32
+
+
+def test_cache_rejects_bad_settings(tiny_t5, bert_tokenizer):
+    with pytest.raises(ValueError, match="cache_size must be >= 0"):
+        HFTextEncoder(model=tiny_t5.model, tokenizer=bert_tokenizer, cache_size=-1)
+    left = AutoTokenizer.from_pretrained(minilm_model_dir(), padding_side="left")
+    with pytest.raises(ValueError, match="right-padding tokenizer"):
+        HFTextEncoder(model=tiny_t5.model, tokenizer=left, cache_size=4)
+    assert HFTextEncoder(model=tiny_t5.model, tokenizer=left).cache is None  # fine without a cache
+    # a trained encoder's features change every step: a cache would serve stale, gradient-free copies
+    with pytest.raises(ValueError, match="cannot be cached"):
+        WordTextEncoder(VOCAB, dim=16, depth=1, num_heads=2, cache_size=8)
+    with pytest.raises(ValueError, match="max_size"):
+        FeatureCache(0)
+
+
+def test_feature_cache_stores_detached_rows_and_pad_rows():
+    cache = FeatureCache(2)
+    row = torch.ones(3, 4, requires_grad=True) * 2
+    cache.put("a", row)
+    cache.put("b", torch.zeros(1, 4))
+    assert not cache.get("a").requires_grad  # "a" is now the most recent
+    cache.put("c", torch.zeros(2, 4))
+    assert len(cache) == 2 and "b" not in cache and "a" in cache
+    tokens, mask = pad_rows([cache.get("c"), cache.get("a")], 4, torch.device("cpu"))
+    assert tokens.shape == (2, 3, 4) and mask.tolist() == [[True, True, False], [True, True, True]]
+    assert tokens[1].sum() == 24 and tokens[0].abs().sum() == 0

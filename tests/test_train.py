@@ -48,9 +48,11 @@ def _fit(cfg, *callbacks: L.Callback, ckpt_path: str | None = None):  # noqa: AN
     return module, trainer
 
 
-@pytest.mark.parametrize("experiment", ["shapes", "shapes_baseline"])
+@pytest.mark.parametrize(
+    ("experiment", "text"), [("shapes", "minilm"), ("shapes_baseline", "minilm"), ("shapes", "shapes_words")]
+)
 def test_experiment_trains_and_leaves_its_outputs(
-    experiment: str, scored_shapes: Path, tmp_path: Path
+    experiment: str, text: str, scored_shapes: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "run"
     cfg = compose_config(
@@ -63,12 +65,16 @@ def test_experiment_trains_and_leaves_its_outputs(
             "callbacks.sample_grid.every_n_steps=4",
             "callbacks.sample_grid.steps=2",
             "trainer.log_every_n_steps=1",
+            f"text_encoder={text}",
         ],
     )
     module, trainer = _fit(cfg)
     assert trainer.global_step == 4
     assert module.reward_names == ([] if experiment == "shapes_baseline" else list(cfg.reward_names))
     assert (out / "checkpoints" / "last.ckpt").is_file()
+    saved = torch.load(out / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    # A frozen encoder is rebuilt from its config on resume: no copy of its weights in every checkpoint.
+    assert any(k.startswith("text_encoder.") for k in saved) == (text == "shapes_words")
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
     grids = sorted((out / "samples").glob("step_*.png"))
     assert [g.name for g in grids] == ["step_0000004.png"]
@@ -78,7 +84,12 @@ def test_experiment_trains_and_leaves_its_outputs(
     ema = module.ema_model.state_dict()
     assert all(torch.equal(weights[f"model.{k}"], v) for k, v in ema.items())
     config = json.loads((export / "config.json").read_text())
-    assert isinstance(config["text_encoder"]["vocab"], list)  # the word list itself, not a recipe
+    if text == "shapes_words":
+        assert isinstance(config["text_encoder"]["vocab"], list)  # the word list itself, not a recipe
+        assert "text_encoder.embed.weight" in weights  # trained with the DiT: its EMA weights are stored
+    else:
+        assert config["text_encoder"]["cache_size"] > 0  # frozen: rebuilt from its config, cache included
+        assert not any(k.startswith("text_encoder.") for k in weights)
     pretrained = load_pretrained(export)
     assert pretrained.reward_names == module.reward_names
     assert (pretrained.bins is None) == (experiment == "shapes_baseline")

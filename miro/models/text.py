@@ -6,6 +6,8 @@ PyPI wheel (the offline default with real language knowledge), or a small traina
 for the embedded shapes grammar, whose whole vocabulary is a few dozen words.
 
 Padded positions are zeroed in the returned features, so pooling or caching them never sees garbage.
+A frozen encoder's features depend only on the caption, so it can keep them in a per-caption LRU cache
+(``cache_size``): training then runs the encoder once per distinct caption instead of once per step.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ from __future__ import annotations
 import logging
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections import OrderedDict
+from collections.abc import Hashable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +26,64 @@ from torch import nn
 log = logging.getLogger(__name__)
 
 TextBatch = tuple[torch.Tensor, torch.Tensor]
+
+
+class FeatureCache:
+    """A bounded LRU map from a key to one caption's real-token features ``[n_tokens, dim]``.
+
+    Stored tensors are detached: a cache hit must never reach back into an old autograd graph (and
+    keep it alive). Each caption is stored without its padding, so a batch can mix cached and fresh
+    captions of different lengths and be padded again to its own longest one.
+    """
+
+    def __init__(self, max_size: int) -> None:
+        if max_size < 1:
+            raise ValueError(f"FeatureCache: max_size must be >= 1, got {max_size}")
+        self.max_size = int(max_size)
+        self._rows: OrderedDict[Hashable, torch.Tensor] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def __contains__(self, key: Hashable) -> bool:
+        return key in self._rows
+
+    def get(self, key: Hashable) -> torch.Tensor | None:
+        row = self._rows.get(key)
+        if row is not None:
+            self._rows.move_to_end(key)
+        return row
+
+    def put(self, key: Hashable, row: torch.Tensor) -> None:
+        self._rows[key] = row.detach()
+        self._rows.move_to_end(key)
+        while len(self._rows) > self.max_size:
+            self._rows.popitem(last=False)
+
+    def clear(self) -> None:
+        self._rows.clear()
+
+
+def pad_rows(rows: Sequence[torch.Tensor], dim: int, device: torch.device) -> TextBatch:
+    """Right-pad per-caption features ``[n_i, dim]`` into ``(tokens [B, L, dim], mask [B, L])``, L = max n_i.
+
+    Padded positions are zero, as every encoder here returns them."""
+    length = max((r.shape[0] for r in rows), default=0)
+    dtype = rows[0].dtype if rows else torch.float32
+    tokens = torch.zeros(len(rows), length, dim, dtype=dtype, device=device)
+    mask = torch.zeros(len(rows), length, dtype=torch.bool, device=device)
+    for i, row in enumerate(rows):
+        tokens[i, : row.shape[0]] = row
+        mask[i, : row.shape[0]] = True
+    return tokens, mask
+
+
+def _precision_key(device: torch.device) -> torch.dtype | None:
+    """The autocast dtype active on ``device`` (None when off): features computed under bf16 autocast
+    differ from float32 ones, so the cache keeps them apart and a hit equals what a fresh call gives."""
+    if torch.is_autocast_enabled(device.type):
+        return torch.get_autocast_dtype(device.type)
+    return None
 
 
 class TextEncoder(nn.Module, ABC):
@@ -55,6 +116,10 @@ class HFTextEncoder(TextEncoder):
     Either give ``model_name_or_path`` (hub id or local directory; loaded with ``from_pretrained``) or a
     prebuilt ``model`` and ``tokenizer`` (tests, custom set-ups). ``kind`` picks the model class:
     "t5", "clip", "auto" (generic ``AutoModel``), or None to decide from the checkpoint's config.
+
+    ``cache_size`` > 0 keeps the features of that many distinct captions (LRU): a data set whose captions
+    repeat (every epoch does) then pays for the encoder once per caption. 0 disables the cache, which is
+    right for web-scale caption sets that never repeat within the cache's reach.
     """
 
     trainable = False
@@ -70,8 +135,11 @@ class HFTextEncoder(TextEncoder):
         dtype: str | None = None,
         local_files_only: bool = False,
         min_vocab_size: int = 1000,
+        cache_size: int = 0,
     ) -> None:
         super().__init__()
+        if cache_size < 0:
+            raise ValueError(f"HFTextEncoder: cache_size must be >= 0 (0 = no cache), got {cache_size}")
         if model is None or tokenizer is None:
             if model_name_or_path is None:
                 raise ValueError("HFTextEncoder needs model_name_or_path, or both model and tokenizer")
@@ -82,8 +150,34 @@ class HFTextEncoder(TextEncoder):
         self.max_length = int(max_length)
         config = model.config
         self.dim = int(getattr(config, "d_model", None) or config.hidden_size)
+        if cache_size and getattr(tokenizer, "padding_side", "right") != "right":
+            # Cached rows are re-padded on the right; a left-padding tokenizer would give other layouts.
+            raise ValueError(
+                f"HFTextEncoder: cache_size needs a right-padding tokenizer, got padding_side="
+                f"{tokenizer.padding_side!r}"
+            )
+        self.cache = FeatureCache(cache_size) if cache_size else None
+        self._cache_device: torch.device | None = None
 
     def forward(self, captions: Sequence[str]) -> TextBatch:
+        if self.cache is None:
+            return self.encode(captions)
+        device = self.device
+        if device != self._cache_device:  # moved since the features were cached
+            self.cache.clear()
+            self._cache_device = device
+        precision = _precision_key(device)
+        found = {c: self.cache.get((c, precision)) for c in dict.fromkeys(captions)}
+        missing = [c for c, row in found.items() if row is None]
+        if missing:
+            tokens, mask = self.encode(missing)
+            for i, caption in enumerate(missing):
+                found[caption] = tokens[i, mask[i]].detach()
+                self.cache.put((caption, precision), found[caption])
+        return pad_rows([found[c] for c in captions], self.dim, device)
+
+    def encode(self, captions: Sequence[str]) -> TextBatch:
+        """Run the model on ``captions`` (no cache)."""
         batch = self.tokenizer(
             list(captions), padding="longest", truncation=True, max_length=self.max_length,
             return_tensors="pt",
@@ -159,8 +253,10 @@ def minilm_model_dir() -> Path:
 class MiniLMTextEncoder(HFTextEncoder):
     """all-MiniLM-L6-v2 (22.7M parameters, 384-d tokens), frozen, loaded offline from its PyPI wheel."""
 
-    def __init__(self, max_length: int = 64) -> None:
-        super().__init__(minilm_model_dir(), max_length, kind="auto", local_files_only=True)
+    def __init__(self, max_length: int = 64, cache_size: int = 0) -> None:
+        super().__init__(
+            minilm_model_dir(), max_length, kind="auto", local_files_only=True, cache_size=cache_size
+        )
 
 
 class WordTextEncoder(TextEncoder):
@@ -183,8 +279,16 @@ class WordTextEncoder(TextEncoder):
         num_heads: int = 4,
         max_length: int = 32,
         mlp_ratio: float = 2.0,
+        cache_size: int = 0,
     ) -> None:
         super().__init__()
+        if cache_size:
+            # Refused rather than ignored: a silently unused option would look like a speed-up that is
+            # not there. Trained features change every optimiser step, and a cached copy has no gradient.
+            raise ValueError(
+                f"WordTextEncoder is trained with the DiT, so its features cannot be cached: "
+                f"cache_size must be 0, got {cache_size}"
+            )
         words = list(dict.fromkeys(w.lower() for w in vocab))
         bad = [w for w in words if not re.fullmatch(r"[a-z0-9]+", w)]
         if bad:

@@ -6,15 +6,14 @@ Only wiring: build the pieces the config names, call ``fit``, export, say where 
 from __future__ import annotations
 
 import warnings
-from pathlib import Path
 
 import hydra
 import lightning as L
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, open_dict
 
+from miro.config import instantiate_group, prepare_run_dir
 from miro.rl.module import updates_per_iteration
-from miro.train import _instantiate_group
 
 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
 # GRPO checkpoints are meant to hold the weights after the iteration's updates.
@@ -36,8 +35,8 @@ def build(cfg: DictConfig) -> tuple[L.LightningModule, L.LightningDataModule, L.
         # The trainer counts optimiser updates; the config counts iterations.
         with open_dict(cfg):
             cfg.callbacks.checkpoint.every_n_train_steps = updates * int(cfg.checkpoint_every)
-    callbacks = _instantiate_group(cfg, "callbacks")
-    loggers = _instantiate_group(cfg, "logger")
+    callbacks = instantiate_group(cfg, "callbacks")
+    loggers = instantiate_group(cfg, "logger")
     # The trainer's steps (checkpoints, logs, the stopping rule) count optimiser updates; an "epoch" of
     # `iterations` prompt batches makes the progress bar count iterations.
     iterations = int(cfg.iterations)
@@ -54,9 +53,7 @@ def build(cfg: DictConfig) -> tuple[L.LightningModule, L.LightningDataModule, L.
 
 @hydra.main(version_base="1.3", config_path="../../conf", config_name="rl")
 def main(cfg: DictConfig) -> None:
-    out = Path(cfg.paths.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    out = prepare_run_dir(cfg)
     module, datamodule, trainer = build(cfg)
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     if not trainer.is_global_zero:

@@ -54,7 +54,6 @@ from miro.data.samples import (
 from miro.data.shards import (
     ShardInputError,
     atomic_shard_writer,
-    expand_shards,
     iter_shard,
     write_bytes_atomic,
 )
@@ -65,9 +64,7 @@ from miro.scoring import (
     ScoringConfigError,
     device_for_rank,
     dist_rank_world,
-    is_finished,
-    plan_outputs,
-    report_path_for,
+    run_shards,
 )
 
 log = logging.getLogger(__name__)
@@ -317,25 +314,15 @@ def cache_shards(
     shard (for progress bars).
     """
     check_settings(vae, image_size, latent, batch_size)
-    plan = plan_outputs(expand_shards(inputs), output_dir)[rank::world_size]
-    report_dir = Path(report_dir) if report_dir is not None else Path(output_dir) / "reports"
-    summary = CacheSummary(str(output_dir), str(report_dir), [])
-    for i, (path, out) in enumerate(plan):
-        report_path = report_path_for(report_dir, out)
-        if on_shard is not None:
-            on_shard(i, len(plan), out.name)
-        if not recompute and is_finished(out, report_path):
-            log.info("%s: already cached, skipping", out)
-            summary.reports.append(CacheReport.load(report_path))
-            summary.n_resumed += 1
-            continue
-        summary.reports.append(
-            cache_shard(
-                path, out, report_path, vae, text_encoder, image_size, latent, batch_size, keep_image, seed,
-                on_samples=on_samples,
-            )
-        )
-    return summary
+    reports, resumed, reports_in = run_shards(
+        inputs, output_dir, report_dir, rank, world_size,
+        lambda path, out, report: cache_shard(
+            path, out, report, vae, text_encoder, image_size, latent, batch_size, keep_image, seed,
+            on_samples=on_samples,
+        ),
+        CacheReport.load, skip_finished=not recompute, done="cached", on_shard=on_shard,
+    )  # fmt: skip
+    return CacheSummary(str(output_dir), str(reports_in), reports, resumed)
 
 
 # --------------------------------------------------------------------------------------------------

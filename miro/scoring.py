@@ -33,7 +33,7 @@ import tarfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 import numpy as np
 import torch
@@ -362,22 +362,50 @@ def score_shards(
     """
     if not rewards:
         raise ScoringConfigError("no rewards selected; pass e.g. rewards=[alignment,sharpness]")
+    reports, resumed, reports_in = run_shards(
+        inputs, output_dir, report_dir, rank, world_size,
+        lambda path, out, report: score_shard(
+            path, out, report, rewards, batch_size, recompute, on_samples=on_samples
+        ),
+        ShardReport.load, skip_finished=True, done="scored", on_shard=on_shard,
+    )  # fmt: skip
+    return RunSummary(str(output_dir), str(reports_in), reports, resumed)
+
+
+R = TypeVar("R")
+
+
+def run_shards(
+    inputs: str | Sequence[str],
+    output_dir: str | Path,
+    report_dir: str | Path | None,
+    rank: int,
+    world_size: int,
+    process: Callable[[Path, Path, Path], R],
+    load_report: Callable[[Path], R],
+    skip_finished: bool = True,
+    done: str = "done",
+    on_shard: Callable[[int, int, str], None] | None = None,
+) -> tuple[list[R], int, Path]:
+    """The loop every shard stage shares: this rank's share of ``inputs`` (shard i goes to rank
+    i mod world), each either finished by an earlier run (its report is loaded: resume) or given to
+    ``process(input, output, report_path)``. Returns the reports, how many were resumed, and the report
+    directory (default ``<output_dir>/reports``)."""
     plan = plan_outputs(expand_shards(inputs), output_dir)[rank::world_size]
-    report_dir = Path(report_dir) if report_dir is not None else Path(output_dir) / "reports"
-    summary = RunSummary(str(output_dir), str(report_dir), [])
+    reports_in = Path(report_dir) if report_dir is not None else Path(output_dir) / "reports"
+    reports: list[R] = []
+    resumed = 0
     for i, (path, out) in enumerate(plan):
-        report_path = report_path_for(report_dir, out)
+        report_path = report_path_for(reports_in, out)
         if on_shard is not None:
             on_shard(i, len(plan), out.name)
-        if is_finished(out, report_path):
-            log.info("%s: already scored, skipping", out)
-            summary.reports.append(ShardReport.load(report_path))
-            summary.n_resumed += 1
-            continue
-        summary.reports.append(
-            score_shard(path, out, report_path, rewards, batch_size, recompute, on_samples=on_samples)
-        )
-    return summary
+        if skip_finished and is_finished(out, report_path):
+            log.info("%s: already %s, skipping", out, done)
+            reports.append(load_report(report_path))
+            resumed += 1
+        else:
+            reports.append(process(path, out, report_path))
+    return reports, resumed, reports_in
 
 
 # --------------------------------------------------------------------------------------------------

@@ -97,7 +97,7 @@ demo: setup
 	@echo "  evaluation report:                $(DEMO_DIR)/eval/report.md"
 	@echo "  training run (TensorBoard, checkpoints, exported model): $(RUN_DIR)"
 
-# GRPO on the demo's model (run make demo first): fine-tune on held-out-free prompts, evaluate the result
+# GRPO on the demo's model (run make demo first): fine-tune on prompts disjoint from the evaluation's, evaluate the result
 # with the demo's evaluation settings, and compare every reward before and after.
 RL_EXPERIMENT ?= rl_shapes_chunk
 RL_ITERATIONS ?= 30

@@ -13,7 +13,7 @@ import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from miro.config import instantiate_group, prepare_run_dir
+from miro.config import instantiate_group, prepare_run_dir, set_threads
 
 log = logging.getLogger("miro.train")
 
@@ -25,6 +25,7 @@ warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
 def build(cfg: DictConfig) -> tuple[L.LightningModule, L.LightningDataModule, L.Trainer]:
     """Instantiate module, data and trainer from a composed config (tests call this directly)."""
     L.seed_everything(cfg.seed, workers=True)
+    set_threads(cfg.get("threads"))
     reward_names = list(cfg.reward_names)
     datamodule = instantiate(cfg.data, reward_names=reward_names)
     text_encoder = instantiate(cfg.text_encoder)

@@ -17,6 +17,7 @@ from pathlib import Path
 from hydra.errors import HydraException
 from rich.progress import Progress
 
+from miro.config import set_threads
 from miro.eval.compare import CompareError, compare, load_results, write_comparison
 from miro.eval.report import write_report
 from miro.eval.results_report import write_results_report
@@ -56,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", choices=PRECISIONS, default="bf16",
                    help="network precision while sampling (bf16: autocast, 2.5x faster on CPU)")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: one per core; 1 when other jobs share the machine)")
     return p
 
 
@@ -160,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["report"]:
         return report_main(argv[1:])
     args = build_parser().parse_args(argv)
+    set_threads(args.threads)
     logging.basicConfig(level=logging.WARNING)
     try:
         settings = settings_from_args(args)

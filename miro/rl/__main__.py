@@ -12,7 +12,7 @@ import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig, open_dict
 
-from miro.config import instantiate_group, prepare_run_dir
+from miro.config import instantiate_group, prepare_run_dir, set_threads
 from miro.rl.module import updates_per_iteration
 
 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
@@ -23,6 +23,7 @@ warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual opt
 def build(cfg: DictConfig) -> tuple[L.LightningModule, L.LightningDataModule, L.Trainer]:
     """Module, prompt data and a trainer that stops after ``cfg.iterations`` GRPO iterations."""
     L.seed_everything(cfg.seed, workers=True)
+    set_threads(cfg.get("threads"))
     datamodule = instantiate(cfg.data)
     module = instantiate(cfg.module)
     updates = updates_per_iteration(

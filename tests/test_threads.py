@@ -1,0 +1,46 @@
+"""The `threads` setting of the training entries and the --threads flag of the CLIs pin torch's pool."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from test_train import _overrides
+
+from miro.cli import generate as generate_cli
+from miro.config import compose_config, set_threads
+from miro.train import build
+
+
+@pytest.fixture(autouse=True)
+def restore_threads() -> Iterator[None]:
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+def test_set_threads() -> None:
+    set_threads(2)
+    assert torch.get_num_threads() == 2
+    set_threads(None)  # leaves it alone
+    assert torch.get_num_threads() == 2
+    with pytest.raises(ValueError, match="threads must be >= 1"):
+        set_threads(0)
+
+
+def test_training_config_sets_threads(scored_shapes: Path, tmp_path: Path) -> None:
+    torch.set_num_threads(1)
+    cfg = compose_config("train", ["+experiment=shapes", *_overrides(scored_shapes, tmp_path), "threads=2"])
+    build(cfg)
+    assert torch.get_num_threads() == 2
+    assert compose_config("rl", []).threads is None
+
+
+def test_generate_cli_takes_threads(tmp_path: Path) -> None:
+    torch.set_num_threads(1)
+    # A missing checkpoint fails after the flag took effect: exit code 2, one line.
+    assert generate_cli.main(["--checkpoint", str(tmp_path / "none"), "--prompt", "x", "--threads", "2",
+                              "--out", str(tmp_path / "o")]) == 2
+    assert torch.get_num_threads() == 2

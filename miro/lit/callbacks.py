@@ -164,11 +164,7 @@ class ExportPretrained(L.Callback):
         text_encoder = (
             pl_module.ema_text_encoder if pl_module.ema_text_encoder is not None else pl_module.text_encoder
         )
-        text_config = dict(self.text_encoder_config)
-        if isinstance(text_config.get("vocab"), dict):
-            # Store the word list itself: the exported model must not depend on how a later version of
-            # the code would rebuild it, since word ids index the trained embedding.
-            text_config["vocab"] = list(text_encoder.words)
+        text_config = text_encoder.export_config(self.text_encoder_config)
         path = save_pretrained(
             out_dir,
             pl_module.ema_model,

@@ -109,6 +109,14 @@ class TextEncoder(nn.Module, ABC):
         # A frozen encoder never enters training mode: its dropout would make the features random.
         return super().train(mode and self.trainable)
 
+    def export_config(self, config: dict[str, Any]) -> dict[str, Any]:
+        """The Hydra config an export stores to rebuild this encoder, given the one it was built from.
+
+        Most encoders are rebuilt exactly from their training config; one whose constructor input was
+        computed (a vocabulary recipe) pins the computed value here.
+        """
+        return dict(config)
+
 
 class HFTextEncoder(TextEncoder):
     """A frozen Hugging Face encoder (T5EncoderModel, CLIPTextModel or AutoModel).
@@ -310,6 +318,11 @@ class WordTextEncoder(TextEncoder):
     def words(self) -> list[str]:
         """The vocabulary as given to the constructor (without the special tokens)."""
         return self.vocab[3:]
+
+    def export_config(self, config: dict[str, Any]) -> dict[str, Any]:
+        # The word list itself, not the recipe that made it: word ids index the trained embedding, so
+        # the export must not depend on how a later version of the code would rebuild the list.
+        return dict(config) | {"vocab": list(self.words)}
 
     def tokenize(self, captions: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """-> (ids [B, L] long, mask [B, L] bool); words past ``max_length - 1`` are dropped."""

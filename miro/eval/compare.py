@@ -154,8 +154,9 @@ def comparison_markdown(result: dict[str, Any]) -> str:
     lines = [
         f"# {result['after']} against {result['before']}",
         "",
-        f"Reward targets: {result['condition']}. z = change / combined standard error "
-        "(independent-sample bound; the runs share seeds, so the true error is smaller).",
+        f"Reward targets: {result['condition']}. z = change / its standard error: paired over the images "
+        "(the same prompt and noise in both runs) where marked *, otherwise from the two runs' standard "
+        "errors as independent samples (conservative).",
         "",
         "## Rewards (optimised and not)",
         "",

@@ -12,11 +12,12 @@ branches in one batch of 2B) at batch 1 and 16, network only (no FLAN-T5, no VAE
 
 FLOPs, counted two ways:
 
-* **Analytically** (:func:`dit_forward_flops`): every matrix product of one forward pass of one image,
-  2 FLOPs per multiply-add. With N = (32 / patch)^2 image tokens, M = 77 text + 7 reward tokens, width
-  d and MLP width 4d, a DiT block costs 2 (4 N d^2 [self-attn q, k, v, out] + 2 N^2 d [scores, mixing]
-  + 2 N d^2 + 2 M d^2 [cross-attn q, out; k, v] + 2 N M d + 2 N d 4d [MLP] + 6 d^2 [adaLN]); outside
-  the blocks: patch embedding, text projection, timestep, reward and pooled-text MLPs, final layer.
+* **Analytically** (:func:`miro.models.dit.flops_per_image`): every matrix product of one forward pass
+  of one image, 2 FLOPs per multiply-add. With N = (32 / patch)^2 image tokens, M = 77 text + 7 reward
+  tokens, width d and MLP width 4d, a DiT block costs 2 (4 N d^2 [self-attn q, k, v, out]
+  + 2 N^2 d [scores, mixing] + 2 N d^2 + 2 M d^2 [cross-attn q, out; k, v] + 2 N M d
+  + 2 N d 4d [MLP] + 6 d^2 [adaLN]); outside the blocks: patch embedding, text projection, timestep,
+  reward and pooled-text MLPs, final layer.
   Element-wise work (norms, activations, softmax) is left out, as is customary (< 1%).
 * **By PyTorch** (``torch.utils.flop_counter.FlopCounterMode``) on one forward pass; this is how the
   reference network, whose code is not ours, is counted. For the DiT the two counts agree exactly
@@ -95,42 +96,6 @@ REFERENCE_SELF_COND_RATE = 0.9
 
 # --------------------------------------------------------------------------------------------------
 # FLOPs
-
-
-def dit_forward_flops(model: nn.Module, text_len: int) -> float:
-    """Forward FLOPs of one image through a :class:`~miro.models.dit.MiroDiT` (see the module docstring)."""
-    cfg = model.to_config()
-    d, p, c_in = cfg["hidden_size"], cfg["patch_size"], cfg["in_channels"]
-    side, conv = cfg["image_size"], cfg["conv_channels"]
-    n, r = (side // p) ** 2, model.num_rewards
-    m, mlp = text_len + r, int(d * cfg["mlp_ratio"])
-    freq = model.t_embedder.mlp[0].in_features
-    fourier = cfg["fourier_dim"]
-    macs = 0
-    embed_in = c_in
-    if conv:  # stem: two 3x3 convs at full resolution; head: two more on [out, skip]
-        macs += side * side * 9 * (c_in * conv + conv * conv + 2 * conv * conv + conv * c_in)
-        embed_in = conv
-    macs += n * p * p * embed_in * d  # patch embedding
-    macs += freq * d + d * d  # timestep MLP
-    macs += text_len * (cfg["text_dim"] * d + d * d)  # text projection
-    if cfg["pooled_text"]:
-        macs += cfg["text_dim"] * d + d * d
-    macs += r * (fourier * d + d * d)  # one value MLP per reward
-    if cfg["pooled_rewards"] and r:
-        macs += d * d
-    block = (
-        6 * d * d  # adaLN
-        + 4 * n * d * d
-        + 2 * n * n * d  # self-attention
-        + 2 * n * d * d
-        + 2 * m * d * d
-        + 2 * n * m * d  # cross-attention
-        + 2 * n * d * mlp  # MLP
-    )
-    macs += cfg["depth"] * block
-    macs += 2 * d * d + n * d * p * p * (conv or c_in)  # final layer
-    return 2.0 * macs
 
 
 def counted_flops(fn: Callable[[], Any]) -> float:
@@ -229,6 +194,8 @@ def bench_dit_train(
     model.eval()
     one = (x0[:1], torch.full((1,), 0.5, device=device), tokens[:1], mask[:1], rewards[:1], None)
     fwd = counted_flops(lambda: model(*one))
+    from miro.models.dit import flops_per_image
+
     return _train_result(
         f"DiT-{size}",
         sum(p.numel() for p in params),
@@ -238,7 +205,7 @@ def bench_dit_train(
         fwd,
         3 * fwd,
         device,
-        analytic_forward_gflop=round(dit_forward_flops(model, TEXT_LEN) / 1e9, 2),
+        analytic_forward_gflop=round(flops_per_image(model, TEXT_LEN) / 1e9, 2),
     )
 
 

@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from miro.models.dit import flops_per_image
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 import bench_train_gpu as bench  # noqa: E402
 
@@ -28,7 +30,7 @@ def test_analytic_dit_flops_equal_pytorchs_count(overrides: dict, text_len: int)
     tokens, mask = bench.text_inputs(1, CPU, text_len)
     inputs = (torch.randn(1, *bench.LATENT), torch.full((1,), 0.5), tokens, mask, torch.rand(1, 7), None)
     counted = bench.counted_flops(lambda: model(*inputs))
-    assert counted == bench.dit_forward_flops(model, text_len)
+    assert counted == flops_per_image(model, text_len)
 
 
 def test_dit_flops_by_hand() -> None:
@@ -53,7 +55,7 @@ def test_dit_flops_by_hand() -> None:
         + 2 * 32 * 32
         + 256 * 32 * (2 * 2 * 4)  # final adaLN and linear
     )
-    assert bench.dit_forward_flops(bench.build_dit("tiny", CPU), 77) == 2 * macs == 48_648_192
+    assert flops_per_image(bench.build_dit("tiny", CPU), 77) == 2 * macs == 48_648_192
 
 
 def test_training_step_timing_reports_consistent_numbers() -> None:

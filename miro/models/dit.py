@@ -389,15 +389,39 @@ def num_parameters(model: nn.Module) -> int:
 
 
 def flops_per_image(model: MiroDiT, text_length: int) -> float:
-    """Approximate forward FLOPs per image of the transformer part (2 x multiply-adds), for planning."""
+    """Forward FLOPs of one image: every matrix product (2 FLOPs per multiply-add) of the stem, patch
+    embedding, conditioning MLPs, blocks (adaLN, self- and cross-attention, MLP) and head; element-wise
+    work is left out (< 1%). Equal to torch's FlopCounterMode count (tests/test_bench_flops.py); the GPU
+    benchmark's MFU is built on it."""
     cfg = model.to_config()
-    d, n = cfg["hidden_size"], model.grid_size**2
-    m = text_length + model.num_rewards
-    per_block = (
-        2 * n * 4 * d * d  # self-attention projections
-        + 2 * 2 * n * n * d  # self-attention scores and mixing
-        + 2 * (2 * n * d * d + 2 * m * d * d)  # cross-attention projections
-        + 2 * 2 * n * m * d  # cross-attention scores and mixing
-        + 2 * 2 * n * d * int(d * cfg["mlp_ratio"])  # MLP
+    d, p, c_in = cfg["hidden_size"], cfg["patch_size"], cfg["in_channels"]
+    side, conv = cfg["image_size"], cfg["conv_channels"]
+    n, r = (side // p) ** 2, model.num_rewards
+    m, mlp = text_length + r, int(d * cfg["mlp_ratio"])
+    freq = model.t_embedder.mlp[0].in_features
+    fourier = cfg["fourier_dim"]
+    macs = 0
+    embed_in = c_in
+    if conv:  # stem: two 3x3 convs at full resolution; head: two more on [out, skip]
+        macs += side * side * 9 * (c_in * conv + conv * conv + 2 * conv * conv + conv * c_in)
+        embed_in = conv
+    macs += n * p * p * embed_in * d  # patch embedding
+    macs += freq * d + d * d  # timestep MLP
+    macs += text_length * (cfg["text_dim"] * d + d * d)  # text projection
+    if cfg["pooled_text"]:
+        macs += cfg["text_dim"] * d + d * d
+    macs += r * (fourier * d + d * d)  # one value MLP per reward
+    if cfg["pooled_rewards"] and r:
+        macs += d * d
+    block = (
+        6 * d * d  # adaLN
+        + 4 * n * d * d
+        + 2 * n * n * d  # self-attention
+        + 2 * n * d * d
+        + 2 * m * d * d
+        + 2 * n * m * d  # cross-attention
+        + 2 * n * d * mlp  # MLP
     )
-    return float(cfg["depth"] * per_block)
+    macs += cfg["depth"] * block
+    macs += 2 * d * d + n * d * p * p * (conv or c_in)  # final layer
+    return 2.0 * macs

@@ -52,6 +52,7 @@ from miro.data.samples import (
     to_model_range,
 )
 from miro.data.shards import (
+    IMAGE_EXTS,
     ShardInputError,
     atomic_shard_writer,
     iter_shard,
@@ -59,7 +60,6 @@ from miro.data.shards import (
 )
 from miro.models.vae import LatentVAE, MissingVAEError
 from miro.scoring import (
-    IMAGE_EXTS,
     JsonReport,
     ScoringConfigError,
     device_for_rank,

@@ -41,6 +41,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from PIL import Image
 
 from miro.data.shards import (
+    IMAGE_EXTS,
     ShardInputError,
     atomic_shard_writer,
     expand_shards,
@@ -53,7 +54,6 @@ from miro.rewards.base import RewardModel, build_reward, resolve_name
 log = logging.getLogger(__name__)
 
 REWARDS_EXT = "rewards.json"
-IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 
 
 class ScoringConfigError(ValueError):

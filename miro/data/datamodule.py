@@ -39,7 +39,7 @@ from miro.data.samples import (
     pad_tokens,
     to_model_range,
 )
-from miro.data.shards import expand_shards, iter_shard
+from miro.data.shards import IMAGE_EXTS, expand_shards, iter_shard
 
 log = logging.getLogger(__name__)
 
@@ -257,7 +257,7 @@ class ShardDataModule(L.LightningDataModule):
                 f"data.cached is true but shard {shard} has no {LATENT_EXT} (sample {first['__key__']}): "
                 "run cache-latents on the shards, or train from raw images (data=webdataset)"
             )
-        if not self.cached and not any(ext in first for ext in ("jpg", "jpeg", "png", "webp")):
+        if not self.cached and not any(ext in first for ext in IMAGE_EXTS):
             raise ValueError(
                 f"shard {shard} has no image (sample {first['__key__']}); if it holds cached latents, set "
                 "data.cached=true (data=cached)"

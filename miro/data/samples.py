@@ -37,6 +37,7 @@ import torch
 from PIL import Image
 
 from miro.data.bins import RewardBins
+from miro.data.shards import IMAGE_EXTS
 
 
 class SampleDecodeError(ValueError):
@@ -118,7 +119,7 @@ def decode_sample(
 ) -> dict[str, Any]:
     """Raw webdataset sample (bytes per extension) -> training example."""
     key = sample.get("__key__", "?")
-    image_bytes = next((sample[ext] for ext in ("jpg", "jpeg", "png", "webp") if ext in sample), None)
+    image_bytes = next((sample[ext] for ext in IMAGE_EXTS if ext in sample), None)
     if image_bytes is None:
         raise SampleDecodeError(f"sample {key}: no image (jpg/png/webp) field")
     caption = caption_of(sample, key)

@@ -23,6 +23,9 @@ import webdataset as wds
 
 Sample = dict[str, bytes | str]  # "__key__" -> str, extension -> raw bytes
 
+# The image fields of an img2dataset sample, in the order they are looked for.
+IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
+
 
 class ShardInputError(ValueError):
     """Input shards that do not exist or cannot be read; the message names the path."""

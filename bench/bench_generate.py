@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -65,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     results = {
         "benchmark": "generate",
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "command": "python bench/bench_generate.py " + " ".join(argv if argv is not None else []),
+        "command": "python bench/bench_generate.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "machine": machine(),
         "experiment": args.experiment,
         "image_size": int(cfg.data.image_size),

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -85,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     results = {
         "benchmark": "train",
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "command": "python bench/bench_train.py " + " ".join(argv if argv is not None else []),
+        "command": "python bench/bench_train.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "machine": machine(),
         "experiment": args.experiment,
         "overrides": list(args.overrides),

@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 IMPORTS = (
     "import torchvision, lightning, open_clip, timm; from transformers import CLIPModel; import miro.train"
 )
@@ -25,7 +27,7 @@ def test_the_libraries_that_import_torchvision_all_import() -> None:
 def test_the_shim_is_what_makes_them_import_when_torchvision_ops_cannot_load() -> None:
     bare = _run("import torchvision", MIRO_DISABLE_TORCHVISION_SHIM="1")
     if bare.returncode == 0:  # a matching torch/torchvision pair (e.g. a CUDA machine): nothing to fix
-        return
+        pytest.skip("torchvision imports without the shim here")
     assert "torchvision::nms does not exist" in bare.stderr
     fixed = _run(IMPORTS)  # the same interpreter with the shim that `make setup` installed
     assert fixed.returncode == 0, fixed.stderr[-2000:]

@@ -282,7 +282,7 @@ def test_cc12m_trains_from_cached_shards_without_running_the_encoders(
     cached_seven_reward_shards: Path, tmp_path: Path
 ) -> None:
     recipe = compose_config("train", ["+experiment=cc12m"])
-    assert recipe.data.cached and recipe.data.shards == "demo/cached/{00000..00099}.tar"
+    assert recipe.data.cached and recipe.data.shards == "demo/cached"  # every shard in the directory
     assert not compose_config("train", ["+experiment=cc12m", "data=webdataset"]).data.get("cached", False)
 
     cfg = compose_config(

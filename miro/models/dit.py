@@ -392,7 +392,7 @@ def flops_per_image(model: MiroDiT, text_length: int) -> float:
     """Forward FLOPs of one image: every matrix product (2 FLOPs per multiply-add) of the stem, patch
     embedding, conditioning MLPs, blocks (adaLN, self- and cross-attention, MLP) and head; element-wise
     work is left out (< 1%). Equal to torch's FlopCounterMode count (tests/test_bench_flops.py); the GPU
-    benchmark's MFU is built on it."""
+    benchmark reports it next to the FLOPs it counts."""
     cfg = model.to_config()
     d, p, c_in = cfg["hidden_size"], cfg["patch_size"], cfg["in_channels"]
     side, conv = cfg["image_size"], cfg["conv_channels"]

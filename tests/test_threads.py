@@ -44,3 +44,9 @@ def test_generate_cli_takes_threads(tmp_path: Path) -> None:
     assert generate_cli.main(["--checkpoint", str(tmp_path / "none"), "--prompt", "x", "--threads", "2",
                               "--out", str(tmp_path / "o")]) == 2
     assert torch.get_num_threads() == 2
+
+
+def test_a_bad_thread_count_is_a_usage_error(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as info:
+        generate_cli.main(["--checkpoint", "x", "--prompt", "x", "--threads", "0", "--out", str(tmp_path)])
+    assert info.value.code == 2 and "--threads: must be a positive integer" in capsys.readouterr().err

@@ -17,6 +17,7 @@ from pathlib import Path
 from hydra.errors import HydraException
 from rich.progress import Progress
 
+from miro.cli import threads_arg
 from miro.config import set_threads
 from miro.eval.compare import CompareError, compare, load_results, write_comparison
 from miro.eval.report import write_report
@@ -57,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", choices=PRECISIONS, default="bf16",
                    help="network precision while sampling (bf16: autocast, 2.5x faster on CPU)")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=None,
+    p.add_argument("--threads", type=threads_arg, default=None,
                    help="torch CPU threads (default: one per core; 1 when other jobs share the machine)")
     return p
 
@@ -163,9 +164,9 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["report"]:
         return report_main(argv[1:])
     args = build_parser().parse_args(argv)
-    set_threads(args.threads)
     logging.basicConfig(level=logging.WARNING)
     try:
+        set_threads(args.threads)
         settings = settings_from_args(args)
         pipe = MiroPipeline.from_pretrained(args.checkpoint, args.device, args.precision)
         baseline = None

@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 from rich.progress import Progress
 
+from miro.cli import threads_arg
 from miro.config import set_threads
 from miro.pipeline import (
     PRECISIONS,
@@ -59,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", choices=PRECISIONS, default="fp32",
                    help="network precision while sampling (bf16: autocast, 2.5x faster on CPU)")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=None,
+    p.add_argument("--threads", type=threads_arg, default=None,
                    help="torch CPU threads (default: one per core; 1 when other jobs share the machine)")
     p.add_argument("--out", type=Path, required=True, help="output directory")
     return p
@@ -90,8 +91,8 @@ def read_prompts(args: argparse.Namespace) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    set_threads(args.threads)
     try:
+        set_threads(args.threads)
         prompts = read_prompts(args)
         pipe = MiroPipeline.from_pretrained(args.checkpoint, args.device, args.precision)
         targets = parse_reward_spec(args.rewards, pipe.reward_names)

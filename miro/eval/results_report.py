@@ -62,6 +62,13 @@ VERDICT_LABEL = {
 }
 
 
+def _rises(res: dict[str, Any], reward: str, contrast: dict[str, Any]) -> bool:
+    """The evaluator's own verdict where results.json holds it (its z threshold; z = inf, stored as null,
+    when every pair moved alike), else z > 2 from the stored contrast."""
+    check = (res.get("checks") or {}).get(reward) or {}
+    return bool(check["rises"]) if "rises" in check else (contrast.get("z") or 0) > 2
+
+
 def load_results(path: Path) -> dict[str, Any] | None:
     """A study's results.json, or None when the run is missing or its file is unreadable (logged)."""
     if not path.is_file():
@@ -342,7 +349,7 @@ class Report:
         rows = []
         for n in names:
             diffs = [(r.get("contrasts", {}).get(n, {}).get("reward") or {}) for r in finals]
-            rises = sum((d.get("z") or 0) > 2 for d in diffs)
+            rises = sum(_rises(r, n, d) for r, d in zip(finals, diffs, strict=True))
             rng = finals[0].get("data_range", {}).get(n)
             rows.append(
                 [

@@ -140,7 +140,9 @@ def sde_step(
     mean = x32 * (1 + std_**2 * dt_ / (2 * s_)) + v32 * (1 + std_**2 * (1 - s_) / (2 * s_)) * dt_
     std = std_t * torch.sqrt(-dt)
     if x_next is None:
-        noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=torch.float32)
+        # Drawn where the generator lives (GRPO seeds a CPU one), then moved: the same numbers on any device.
+        where = generator.device if generator is not None else x.device
+        noise = torch.randn(x.shape, generator=generator, device=where, dtype=torch.float32).to(x.device)
         x_next = mean + std.reshape(shape) * noise
     log_prob = gaussian_log_prob(x_next.float(), mean, std)
     return SDEStep(x_next=x_next, log_prob=log_prob, mean=mean, std=std)

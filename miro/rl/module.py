@@ -228,7 +228,9 @@ class GRPOModule(L.LightningModule):
         expanded = [p for p in prompts for _ in range(g)]
         condition = self._condition(expanded)
         model = self.pretrained.model
-        size, channels = self.pretrained.image_size, getattr(model, "in_channels", 3)
+        # The network's own side (latents for a VAE model), as generation samples it.
+        size = getattr(model, "image_size", self.pretrained.image_size)
+        channels = getattr(model, "in_channels", 3)
         noise = torch.randn(len(expanded), channels, size, size, generator=generator).to(self.device)
         timesteps = self._timesteps()
         states, log_probs = [], []

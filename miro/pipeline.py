@@ -126,6 +126,25 @@ def target_values(
     return torch.tensor([targets.get(n, default) / TARGET_MAX for n in reward_names], dtype=torch.float32)
 
 
+def reward_condition(
+    reward_names: Sequence[str],
+    targets: Mapping[str, float] | str | None,
+    negative: Mapping[str, float] | str | None,
+    guided_rewards: Sequence[str] | None,
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Conditioning values [R] of the positive and negative branch from user targets (0..10): unnamed
+    positive targets are 10, the negative branch follows :func:`negative_targets`. None for a model
+    without rewards. Generation and GRPO's rollouts condition through this one function."""
+    if not reward_names:
+        return None, None
+    requested = parse_reward_spec(targets, reward_names)
+    negatives = negative_targets(reward_names, requested, negative, guided_rewards)
+    return (
+        target_values(reward_names, requested, default=TARGET_MAX),
+        target_values(reward_names, negatives, default=0.0),
+    )
+
+
 @torch.no_grad()
 def generate_images(
     model: nn.Module,
@@ -179,14 +198,15 @@ def generate_images(
         neg_rewards=neg_rewards, neg_text_tokens=neg_tokens, neg_text_mask=neg_mask,
     )
     if precision == "bf16":
-        velocity = _autocast(velocity, device.type, torch.bfloat16)
+        velocity = autocast_velocity(velocity, device.type, torch.bfloat16)
     x = sample_euler(velocity, noise, steps=steps, shift=shift)
     if vae is not None:
         x = vae.decode(x)
     return to_uint8(x)
 
 
-def _autocast(velocity: VelocityFn, device_type: str, dtype: torch.dtype) -> VelocityFn:
+def autocast_velocity(velocity: VelocityFn, device_type: str, dtype: torch.dtype) -> VelocityFn:
+    """``velocity`` run under autocast; the sampler state and the returned velocity stay float32."""
     def run(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         with torch.autocast(device_type, dtype=dtype):
             return velocity(x, t).float()
@@ -274,14 +294,9 @@ class MiroPipeline:
             raise ValueError(f"output must be 'pil' or 'tensor', got {output!r}")
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         names = self.reward_names
-        pos = neg = None
         sampling = self.sampling_defaults
-        if names:
-            requested = parse_reward_spec(rewards, names)
-            pos = target_values(names, requested, default=TARGET_MAX)
-            negatives = negative_targets(names, requested, negative_rewards, sampling.get("guided_rewards"))
-            neg = target_values(names, negatives, default=0.0)
-        elif rewards or negative_rewards:
+        pos, neg = reward_condition(names, rewards, negative_rewards, sampling.get("guided_rewards"))
+        if not names and (rewards or negative_rewards):
             raise RewardSpecError("this model was trained without reward conditioning; do not pass rewards")
         images = generate_images(
             self.pretrained.model, self.encode_text, prompts, self.pretrained.image_size, pos, neg,

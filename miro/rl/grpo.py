@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from miro.rl.chunks import chunk_bounds
+from miro.rl.chunks import chunk_means
 
 
 def group_advantages(
@@ -55,8 +55,7 @@ class PolicyLoss:
 
 def chunk_ratios(log_prob: torch.Tensor, old_log_prob: torch.Tensor, sizes: Sequence[int]) -> torch.Tensor:
     """Per-step log-probs [N, T] (new and old) -> chunk ratios [N, K] (geometric means of step ratios)."""
-    diff = log_prob - old_log_prob
-    return torch.stack([diff[:, a:b].mean(1).exp() for a, b in chunk_bounds(sizes)], dim=1)
+    return chunk_means(log_prob - old_log_prob, sizes).exp()
 
 
 def clipped_surrogate(ratio: torch.Tensor, advantage: torch.Tensor, clip_range: float) -> torch.Tensor:

@@ -15,6 +15,7 @@ switched off, so no second copy is kept; for a full fine-tune a frozen copy is m
 from __future__ import annotations
 
 import copy
+import io
 import logging
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -28,9 +29,10 @@ from PIL import Image
 from torch import nn
 
 from miro.data.datamodule import step_seed
+from miro.data.shards import write_bytes_atomic
 from miro.flow.sampling import gaussian_kl_same_std, sample_euler, time_schedule
 from miro.lit.ema import ema_decay_at, update_ema
-from miro.pipeline import FALLBACK_SAMPLING, image_grid, to_uint8
+from miro.pipeline import FALLBACK_SAMPLING, PRECISIONS, image_grid, reward_condition, to_uint8
 from miro.pretrained import Pretrained, load_pretrained, save_pretrained
 from miro.rewards.base import RewardModel
 from miro.rl.chunks import (
@@ -43,7 +45,7 @@ from miro.rl.chunks import (
     sample_chunks,
 )
 from miro.rl.grpo import chunk_policy_loss, group_advantages
-from miro.rl.rollout import PolicyCondition, policy_step, reward_condition, rollout
+from miro.rl.rollout import PolicyCondition, policy_step, rollout
 from miro.scoring import build_rewards, reward_specs
 
 log = logging.getLogger(__name__)
@@ -122,8 +124,8 @@ class GRPOModule(L.LightningModule):
         self.positive, self.negative = reward_condition(
             self.reward_names, targets, negative_targets, sampling.get("guided_rewards")
         )
-        if precision not in ("fp32", "bf16"):
-            raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         for name, value in (
             ("group_size", group_size),
             ("rollout_batch_size", rollout_batch_size),
@@ -415,11 +417,9 @@ class GRPOModule(L.LightningModule):
             if hasattr(logger, "experiment") and hasattr(logger.experiment, "add_image"):
                 logger.experiment.add_image("rl/rollouts", grid, iteration)
         if self.hp["grid_dir"] and self.trainer.is_global_zero:
-            out = Path(self.hp["grid_dir"])
-            out.mkdir(parents=True, exist_ok=True)
-            tmp = out / f"iter{iteration:05d}.png.tmp"
-            Image.fromarray(grid.permute(1, 2, 0).numpy()).save(tmp, format="PNG")
-            tmp.replace(out / f"iter{iteration:05d}.png")
+            png = io.BytesIO()
+            Image.fromarray(grid.permute(1, 2, 0).numpy()).save(png, format="PNG")
+            write_bytes_atomic(Path(self.hp["grid_dir"]) / f"iter{iteration:05d}.png", png.getvalue())
 
     # ----------------------------------------------------------------------------------------------
     def configure_optimizers(self) -> torch.optim.Optimizer:

@@ -10,8 +10,7 @@ give bit-identical log-probabilities, so the first ratio of every run is exactly
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from contextlib import nullcontext
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import torch
@@ -19,7 +18,7 @@ from torch import nn
 
 from miro.flow.guidance import guided_velocity_fn
 from miro.flow.sampling import SDEStep, sde_step
-from miro.pipeline import TARGET_MAX, negative_targets, parse_reward_spec, target_values
+from miro.pipeline import autocast_velocity
 
 
 @dataclass
@@ -60,27 +59,6 @@ class PolicyCondition:
         )
 
 
-def reward_condition(
-    reward_names: Sequence[str],
-    targets: Mapping[str, float] | str | None,
-    negative: Mapping[str, float] | str | None,
-    guided_rewards: Sequence[str] | None,
-) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """Conditioning values [R] of the positive and negative branch from user targets (0..10).
-
-    Unnamed targets are 10 (GRPO refines the model at the levels users ask for by default: all high);
-    the negative branch follows the model's own rule (:func:`miro.pipeline.negative_targets`).
-    """
-    if not reward_names:
-        return None, None
-    requested = parse_reward_spec(targets, reward_names)
-    negatives = negative_targets(reward_names, requested, negative, guided_rewards)
-    return (
-        target_values(reward_names, requested, default=TARGET_MAX),
-        target_values(reward_names, negatives, default=0.0),
-    )
-
-
 def policy_step(
     model: nn.Module,
     condition: PolicyCondition,
@@ -95,9 +73,10 @@ def policy_step(
 ) -> SDEStep:
     """One SDE transition of the guided policy: sample it, or (``x_next`` given) score it."""
     t_batch = torch.full((x.shape[0],), t, dtype=torch.float32, device=x.device)
-    context = torch.autocast(x.device.type, dtype=torch.bfloat16) if precision == "bf16" else nullcontext()
-    with context:
-        v = condition.velocity(model)(x, t_batch)
+    velocity = condition.velocity(model)
+    if precision == "bf16":
+        velocity = autocast_velocity(velocity, x.device.type, torch.bfloat16)
+    v = velocity(x, t_batch)
     return sde_step(x, v.float(), t, t_next, noise_level, x_next=x_next, generator=generator)
 
 

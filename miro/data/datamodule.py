@@ -183,8 +183,8 @@ class StepIndexedBatches(IterableDataset):
 class ShardDataModule(L.LightningDataModule):
     """Training batches from annotated shards; see the module docstring for the modes.
 
-    ``image_size`` is ignored when ``cached`` (the latents were made at the size ``cache-latents`` was
-    given). ``pin_memory`` speeds up host-to-GPU copies; ``prefetch_factor`` batches are kept ready
+    With ``cached``, ``image_size`` must be the size ``cache-latents`` cropped to: batches do not use
+    it, but sample grids and the export record it as the pixel size. ``pin_memory`` speeds up host-to-GPU copies; ``prefetch_factor`` batches are kept ready
     per worker.
     """
 

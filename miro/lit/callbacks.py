@@ -59,8 +59,8 @@ class SampleGrid(L.Callback):
         guided_rewards: list[str] | None = None,
         upscale: int = 4,
     ) -> None:
-        self.upscale = upscale
-        self._last_step: int | None = None  # nearest-neighbour, so tiny images are visible in TensorBoard
+        self.upscale = upscale  # nearest-neighbour, so tiny images are visible in TensorBoard
+        self._last_step: int | None = None
         self.prompts = list(prompts)
         self.guided_rewards = list(guided_rewards) if guided_rewards is not None else None
         self.every_n_steps = every_n_steps
@@ -70,7 +70,9 @@ class SampleGrid(L.Callback):
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        if self.every_n_steps > 0 and trainer.global_step % self.every_n_steps == 0:
+        step = trainer.global_step
+        # With gradient accumulation several batches end at one optimiser step: one grid per step.
+        if self.every_n_steps > 0 and step % self.every_n_steps == 0 and step != self._last_step:
             self.log_grid(trainer, pl_module)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -184,8 +184,8 @@ class ShardDataModule(L.LightningDataModule):
     """Training batches from annotated shards; see the module docstring for the modes.
 
     With ``cached``, ``image_size`` must be the size ``cache-latents`` cropped to: batches do not use
-    it, but sample grids and the export record it as the pixel size. ``pin_memory`` speeds up host-to-GPU copies; ``prefetch_factor`` batches are kept ready
-    per worker.
+    it, but sample grids and the export record it as the pixel size. ``pin_memory`` speeds up
+    host-to-GPU copies; ``prefetch_factor`` batches are kept ready per worker.
     """
 
     def __init__(

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import torch
 from hydra.utils import instantiate
-from machine import machine
 
 from miro.config import compose_config
 from miro.pipeline import generate_images
+from miro.utils.machine import machine
 
 
 def main(argv: list[str] | None = None) -> int:

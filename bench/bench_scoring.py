@@ -20,12 +20,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from machine import machine
 from PIL import Image, ImageDraw
 
 from miro.data.shards import atomic_shard_writer, encode_jpeg, iter_shard
 from miro.rewards import build_reward
 from miro.scoring import score_shards
+from miro.utils.machine import machine
 
 REWARDS = ("sharpness", "colorfulness", "compressibility", "alignment")
 

@@ -19,13 +19,13 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from machine import machine
 
 from miro.config import compose_config
 from miro.data.bins import fit_from_shards
 from miro.data.shapes import write_shapes_shards
 from miro.scoring import build_rewards, reward_specs, score_shards
 from miro.train import build
+from miro.utils.machine import machine
 
 
 class StepTimer(L.Callback):

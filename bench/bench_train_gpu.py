@@ -499,7 +499,7 @@ def main(argv: list[str] | None = None) -> int:
         args.reference_worker.write_text(json.dumps(run_reference(args, device)))
         return 0
 
-    from machine import machine
+    from miro.utils.machine import machine
 
     train, generate = [], []
     for size in args.sizes:

@@ -12,54 +12,18 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 
-from hydra.errors import HydraException, MissingConfigException, OverrideParseException
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.logging import RichHandler
 
-from miro.config import CONF_DIR, compose_config
-from miro.data.shards import ShardInputError
-from miro.rewards.base import UnknownRewardError
-from miro.rewards.weights import MissingWeightsError
+from miro.config import compose_config
 from miro.scoring import ScoringConfigError
+from miro.usage import usage_errors
 
-USAGE_ERRORS = (
-    ShardInputError, UnknownRewardError, ScoringConfigError, FileNotFoundError, MissingWeightsError,
-)
-USAGE_EXIT_CODE = 2
 # Progress bars and log lines share one console on stderr; stdout carries only the final summary.
 CONSOLE = Console(stderr=True)
-
-
-def _one_line(err: HydraException) -> str:
-    missing = getattr(err, "missing_cfg_file", None)
-    if isinstance(err, MissingConfigException) and missing:
-        group, _, name = str(missing).rpartition("/")
-        options = sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml")) if group else []
-        if group == "rewards":
-            return f"unknown reward {name!r}; reward configs in {CONF_DIR / group}: {', '.join(options)}"
-        listed = f"; options: {', '.join(options)}" if options else ""
-        return f"no config {missing!r} in {CONF_DIR}{listed}"
-    line = " ".join(part.strip() for part in str(err).splitlines() if part.strip())
-    if isinstance(err, OverrideParseException):
-        line += " (quote values with braces, brackets or spaces: input=\"'data/{00000..00009}.tar'\")"
-    return line
-
-
-@contextmanager
-def usage_errors() -> Iterator[None]:
-    """Turn a bad request into ``error: ...`` on stderr and exit code 2."""
-    try:
-        yield
-    except HydraException as err:
-        print(f"error: {_one_line(err)}", file=sys.stderr)
-        sys.exit(USAGE_EXIT_CODE)
-    except USAGE_ERRORS as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(USAGE_EXIT_CODE)
 
 
 def require(cfg: DictConfig, *keys: str) -> None:

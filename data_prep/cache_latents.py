@@ -58,7 +58,7 @@ from miro.data.shards import (
     iter_shard,
     write_bytes_atomic,
 )
-from miro.models.vae import LatentVAE, MissingVAEError
+from miro.models.vae import LatentVAE
 from miro.scoring import (
     JsonReport,
     ScoringConfigError,
@@ -331,10 +331,7 @@ def cache_shards(
 
 def build_encoders(cfg: DictConfig, device: str) -> tuple[LatentVAE, nn.Module]:
     """The VAE and text encoder the config names, frozen, on ``device``."""
-    try:
-        vae = instantiate(cfg.vae)
-    except MissingVAEError as err:
-        raise FileNotFoundError(str(err)) from None
+    vae = instantiate(cfg.vae)
     dtype = getattr(torch, str(cfg.vae_dtype), None)
     if not isinstance(dtype, torch.dtype):
         raise CacheConfigError(

@@ -7,6 +7,7 @@ checkout, which is how MIRO is installed: ``pip install -e .``).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -63,3 +64,9 @@ def set_threads(threads: int | None) -> None:
     import torch
 
     torch.set_num_threads(int(threads))
+
+
+def quiet_eval_mode_warning() -> None:
+    """Silence Lightning's "modules in eval mode" warning: the EMA copy, the frozen text encoder and
+    GRPO's reference are in eval mode on purpose, so the warning would only teach users to ignore it."""
+    warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")

@@ -33,6 +33,19 @@ PRECISIONS = ("fp32", "bf16")
 EncodeText = Callable[[list[str]], tuple[torch.Tensor, torch.Tensor]]
 
 
+def sampling_settings(
+    exported: Mapping[str, Any], guidance: float | None = None, steps: int | None = None,
+    shift: float | None = None,
+) -> dict[str, Any]:
+    """guidance, steps, shift and guided_rewards of one sampling run: what the caller set, else what the
+    export recorded, else :data:`FALLBACK_SAMPLING`. Generation, evaluation and GRPO all resolve their
+    settings here, so "the model's default" means the same thing everywhere."""
+    out = FALLBACK_SAMPLING | dict(exported)
+    for key, value, kind in (("guidance", guidance, float), ("steps", steps, int), ("shift", shift, float)):
+        out[key] = kind(out[key] if value is None else value)
+    return out
+
+
 class RewardSpecError(ValueError):
     """A malformed or invalid ``--rewards`` specification; the message says which part and why."""
 
@@ -265,11 +278,9 @@ class MiroPipeline:
     def reward_names(self) -> list[str]:
         return self.pretrained.reward_names
 
-    @property
-    def sampling_defaults(self) -> dict[str, Any]:
-        """guidance, steps, shift and guided_rewards used when a call does not set them: the export's,
-        else fallbacks."""
-        return FALLBACK_SAMPLING | self.pretrained.sampling
+    def sampling(self, guidance: float | None = None, steps: int | None = None) -> dict[str, Any]:
+        """The sampling settings of a call that sets ``guidance``/``steps`` (None: the model's)."""
+        return sampling_settings(self.pretrained.sampling, guidance, steps)
 
     def encode_text(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         with torch.no_grad():
@@ -294,15 +305,13 @@ class MiroPipeline:
             raise ValueError(f"output must be 'pil' or 'tensor', got {output!r}")
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         names = self.reward_names
-        sampling = self.sampling_defaults
-        pos, neg = reward_condition(names, rewards, negative_rewards, sampling.get("guided_rewards"))
+        sampling = self.sampling(guidance, steps)
+        pos, neg = reward_condition(names, rewards, negative_rewards, sampling["guided_rewards"])
         if not names and (rewards or negative_rewards):
             raise RewardSpecError("this model was trained without reward conditioning; do not pass rewards")
         images = generate_images(
             self.pretrained.model, self.encode_text, prompts, self.pretrained.image_size, pos, neg,
-            guidance=sampling["guidance"] if guidance is None else guidance,
-            steps=int(sampling["steps"] if steps is None else steps),
-            shift=sampling["shift"], seed=seed,
+            guidance=sampling["guidance"], steps=sampling["steps"], shift=sampling["shift"], seed=seed,
             negative_prompts=[negative_prompt] * len(prompts) if negative_prompt is not None else None,
             vae=self.pretrained.vae, device=self.device, precision=self.precision,
         )

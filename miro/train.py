@@ -6,20 +6,17 @@ Only wiring: build the pieces the config names, call ``fit``, say where everythi
 from __future__ import annotations
 
 import logging
-import warnings
 
 import hydra
 import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from miro.config import instantiate_group, prepare_run_dir, set_threads
+from miro.config import CONF_DIR, instantiate_group, prepare_run_dir, quiet_eval_mode_warning, set_threads
+from miro.usage import usage_errors
 
 log = logging.getLogger("miro.train")
-
-
-# The EMA copies are in eval mode on purpose; Lightning's warning about them is noise.
-warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
+quiet_eval_mode_warning()
 
 
 def build(cfg: DictConfig) -> tuple[L.LightningModule, L.LightningDataModule, L.Trainer]:
@@ -40,11 +37,12 @@ def build(cfg: DictConfig) -> tuple[L.LightningModule, L.LightningDataModule, L.
     return module, datamodule, trainer
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
 def main(cfg: DictConfig) -> None:
     out = prepare_run_dir(cfg)
-    module, datamodule, trainer = build(cfg)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    with usage_errors():  # a missing data directory or bins file: one line, exit code 2
+        module, datamodule, trainer = build(cfg)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     if not trainer.is_global_zero:
         return
     print(f"Run directory:     {out}   (config.yaml: the composed config)")

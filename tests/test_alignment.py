@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import math
-import time
 
 import numpy as np
 import pytest
@@ -197,14 +196,3 @@ def test_a_stricter_config_is_honoured(world32: list) -> None:
     strict = AlignmentReward(config=DetectorConfig(min_area=0.5))  # nothing is half the image
     _, img, cap, _ = world32[0]
     assert strict.score_image(np.asarray(img), cap) == 0.0
-
-
-def test_scores_hundreds_of_images_per_second(reward: AlignmentReward, world32: list) -> None:
-    images = torch.stack(
-        [torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1) for _, img, _, _ in world32]
-    )
-    captions = [cap for _, _, cap, _ in world32]
-    start = time.perf_counter()
-    reward.score(images, captions)
-    rate = len(captions) / (time.perf_counter() - start)
-    assert rate >= 200  # measured ~1900 images/s on one core; generous for a loaded machine

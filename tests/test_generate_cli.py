@@ -109,7 +109,7 @@ def test_missing_checkpoint_and_prompts_file(tmp_path: Path, capsys, checkpoint:
     missing_file = str(tmp_path / "p.txt")
     assert main(["--checkpoint", str(checkpoint), "--prompts-file", missing_file, "--out", str(out)]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "cannot read prompts file" in err
+    assert err.count("\n") == 1 and f"prompt file {missing_file} does not exist" in err
     assert not out.exists()
 
 

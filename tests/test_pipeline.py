@@ -12,12 +12,14 @@ from test_pretrained import OFFLINE_REWARDS, export_tiny_model
 
 from miro.flow.sampling import sample_euler
 from miro.pipeline import (
+    FALLBACK_SAMPLING,
     MiroPipeline,
     RewardSpecError,
     generate_images,
     image_grid,
     negative_targets,
     parse_reward_spec,
+    sampling_settings,
     target_values,
     to_uint8,
 )
@@ -195,7 +197,9 @@ def test_targets_and_negative_prompt_change_guided_images(pipe: MiroPipeline) ->
 
 
 def test_defaults_come_from_the_export(pipe: MiroPipeline) -> None:
-    assert pipe.sampling_defaults == {"guidance": 1.5, "steps": 3, "shift": 1.0, "guided_rewards": None}
+    assert pipe.sampling() == {"guidance": 1.5, "steps": 3, "shift": 1.0, "guided_rewards": None}
+    assert pipe.sampling(guidance=0.0, steps=7) == pipe.sampling() | {"guidance": 0.0, "steps": 7}
+    assert sampling_settings({}, shift=3) == FALLBACK_SAMPLING | {"shift": 3.0}  # an export without settings
     with ForwardLog(pipe.pretrained.model) as log:
         pipe(PROMPTS[:1])
     assert log.batches == [2, 2, 2]

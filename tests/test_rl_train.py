@@ -13,6 +13,7 @@ from test_pretrained import export_tiny_model
 
 from miro.cli import generate as generate_cli
 from miro.config import compose_config
+from miro.data.prompt_file import PromptFileError
 from miro.pretrained import load_pretrained
 from miro.rewards.base import RewardModel, register_reward
 from miro.rl.__main__ import build
@@ -165,7 +166,7 @@ def test_prompt_pool_excludes_evaluation_prompts_and_batches_depend_only_on_the_
     file = tmp_path / "prompts.txt"
     file.write_text("# comment\na cat\n\na dog\n")
     assert training_prompts(str(file), exclude_eval=False) == ["a cat", "a dog"]
-    with pytest.raises(FileNotFoundError, match="missing.txt"):
+    with pytest.raises(PromptFileError, match="missing.txt does not exist"):
         training_prompts(str(tmp_path / "missing.txt"))
 
 

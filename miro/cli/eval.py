@@ -81,10 +81,11 @@ def settings_from_args(args: argparse.Namespace) -> EvalSettings:
     )
 
 
-def measured_rewards(spec: str | None, pipe: MiroPipeline) -> dict[str, RewardModel]:
-    """The rewards to measure images with, built exactly as the scoring stage builds them."""
+def measured_rewards(spec: str | None, pipe: MiroPipeline, device: str = "cpu") -> dict[str, RewardModel]:
+    """The rewards to measure images with, built exactly as the scoring stage builds them, on the
+    device the images are generated on (a reward model left on the CPU would be the bottleneck)."""
     names = spec.split(",") if spec else ["alignment", *pipe.reward_names]
-    return build_rewards(reward_specs([n.strip() for n in names if n.strip()]))
+    return build_rewards(reward_specs([n.strip() for n in names if n.strip()]), device=device)
 
 
 def model_name(checkpoint: str) -> str:
@@ -172,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         baseline = None
         if args.baseline:
             baseline = MiroPipeline.from_pretrained(args.baseline, args.device, args.precision)
-        rewards = measured_rewards(args.rewards, pipe)
+        rewards = measured_rewards(args.rewards, pipe, args.device)
         evaluator = Evaluator(pipe, rewards, settings)
     except (CheckpointError, UnknownRewardError, ValueError, OSError) as err:
         print(f"miro-eval: {err}", file=sys.stderr)

@@ -15,6 +15,7 @@ from rich.progress import Progress
 
 from miro.cli import threads_arg
 from miro.config import set_threads
+from miro.data.prompt_file import PromptFileError, read_prompt_file
 from miro.pipeline import (
     PRECISIONS,
     TARGET_MAX,
@@ -76,10 +77,9 @@ def read_prompts(args: argparse.Namespace) -> list[str]:
         prompts = [p.strip() for p in args.prompt]
     else:
         try:
-            lines = args.prompts_file.read_text(encoding="utf-8").splitlines()
-        except (OSError, UnicodeDecodeError) as err:
-            raise UsageError(f"cannot read prompts file {args.prompts_file}: {err}") from None
-        prompts = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+            prompts = read_prompt_file(args.prompts_file)
+        except PromptFileError as err:
+            raise UsageError(str(err)) from None
     if not prompts or not all(prompts):
         raise UsageError("no prompts given (or an empty --prompt)")
     for name in ("n", "steps", "batch_size"):
@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         pipe = MiroPipeline.from_pretrained(args.checkpoint, args.device, args.precision)
         targets = parse_reward_spec(args.rewards, pipe.reward_names)
         negatives = negative_targets(
-            pipe.reward_names, targets, args.negative_rewards, pipe.sampling_defaults.get("guided_rewards")
+            pipe.reward_names, targets, args.negative_rewards, pipe.sampling()["guided_rewards"]
         )
     except (UsageError, CheckpointError, RewardSpecError) as err:
         print(f"miro-generate: {err}", file=sys.stderr)
@@ -105,13 +105,13 @@ def main(argv: list[str] | None = None) -> int:
 
     # Image i of the run (prompts in order, each repeated --n times) uses seed + i.
     jobs = [(prompt, args.seed + i) for i, prompt in enumerate(p for p in prompts for _ in range(args.n))]
-    sampling = pipe.sampling_defaults
+    sampling = pipe.sampling(args.guidance, args.steps)
     common = {
         "rewards": {n: targets.get(n, TARGET_MAX) for n in pipe.reward_names},
         "negative_rewards": negatives,
         "negative_prompt": args.negative_prompt,
-        "guidance": sampling["guidance"] if args.guidance is None else args.guidance,
-        "steps": sampling["steps"] if args.steps is None else args.steps,
+        "guidance": sampling["guidance"],
+        "steps": sampling["steps"],
         "precision": args.precision,
         "checkpoint": str(args.checkpoint),
         "checkpoint_sha256": file_hash(Path(pipe.pretrained.path) / WEIGHTS),

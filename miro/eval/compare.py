@@ -23,9 +23,8 @@ import torch
 
 from miro.data.shards import write_bytes_atomic
 from miro.eval.benchmark import all_facts_hold
-from miro.eval.runner import paired_difference
+from miro.eval.runner import TOP_CONDITION, paired_difference
 
-DEFAULT_CONDITION = "all targets 10"
 SETTINGS_THAT_MUST_MATCH = ("per_category", "samples_per_prompt", "seed")
 
 
@@ -73,7 +72,7 @@ def compare(
     before: dict[str, Any],
     after: dict[str, Any],
     optimised: Sequence[str],
-    condition: str = DEFAULT_CONDITION,
+    condition: str = TOP_CONDITION,
 ) -> dict[str, Any]:
     """Per-reward and per-category changes from ``before`` to ``after`` at reward targets ``condition``."""
     for key in SETTINGS_THAT_MUST_MATCH:

@@ -36,6 +36,7 @@ from miro.eval.aggregate import (  # noqa: E402
     threshold_at,
 )
 from miro.eval.compare import CompareError, compare  # noqa: E402
+from miro.eval.compare import load_results as load_eval_results  # noqa: E402
 from miro.eval.study import ROLES, Step, Study, read_step_log  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -74,12 +75,10 @@ def load_results(path: Path) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as err:
-        log.warning("%s: not valid JSON (%s); treated as missing", path, err)
+        return load_eval_results(path)
+    except CompareError as err:
+        log.warning("%s; treated as missing", err)
         return None
-    data["_path"] = str(path)
-    return data
 
 
 def first_condition(res: dict[str, Any] | None) -> str | None:

@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 Progress = Callable[[int], None]
 Targets = tuple[tuple[str, float], ...]  # sorted (reward, target) pairs: a hashable image condition
 ALIGNMENT = "alignment"
+# The headline condition of a reward-conditioned model: every reward at its top target.
+TOP_CONDITION = f"all targets {TARGET_MAX:g}"
 
 
 @dataclass
@@ -283,7 +285,7 @@ class Evaluator:
         names = self.pipe.reward_names
         if not names:
             return {"unconditional": {}}
-        out = {f"all targets {TARGET_MAX:g}": self.top()}
+        out = {TOP_CONDITION: self.top()}
         if ALIGNMENT in self.swept_rewards():
             low = self.s.sweep_levels[0]
             out[f"alignment {low:g}, others {TARGET_MAX:g}"] = self.top() | {ALIGNMENT: low}
@@ -293,11 +295,9 @@ class Evaluator:
 
     def run(self, model_name: str, baseline: MiroPipeline | None = None) -> EvalResults:
         start = time.perf_counter()
-        defaults = self.pipe.sampling_defaults
+        resolved = self.pipe.sampling(self.s.guidance, self.s.steps)
         sampling = {
-            "guidance": defaults["guidance"] if self.s.guidance is None else self.s.guidance,
-            "steps": int(defaults["steps"] if self.s.steps is None else self.s.steps),
-            "precision": self.pipe.precision,
+            "guidance": resolved["guidance"], "steps": resolved["steps"], "precision": self.pipe.precision
         }
         res = EvalResults(model=model_name, settings=asdict(self.s), sampling=sampling)
         bins = self.pipe.pretrained.bins

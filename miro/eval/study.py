@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import platform
 import shlex
 import subprocess
 import sys
@@ -27,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
+
+from miro.utils.machine import machine
 
 log = logging.getLogger(__name__)
 
@@ -382,35 +383,6 @@ def subprocess_executor(command: Sequence[str], log_file: Path, env: Mapping[str
     log_file.parent.mkdir(parents=True, exist_ok=True)
     with log_file.open("w", encoding="utf-8") as out:
         return subprocess.run(list(command), stdout=out, stderr=subprocess.STDOUT, env=dict(env)).returncode
-
-
-def machine() -> dict[str, Any]:
-    """The machine a step ran on, stored with its timing: the report states where each figure came from."""
-    cpu = platform.processor() or "unknown"
-    try:
-        cpu = next(
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        )
-    except (OSError, StopIteration):
-        pass
-    info: dict[str, Any] = {
-        "host": platform.node(),
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-    }
-    try:
-        import torch
-
-        info["torch"] = torch.__version__
-        if torch.cuda.is_available():
-            info["gpu"] = torch.cuda.get_device_name(0)
-    except ImportError:
-        pass
-    return info
 
 
 def run_steps(

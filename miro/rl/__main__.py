@@ -12,10 +12,11 @@ import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig, open_dict
 
-from miro.config import instantiate_group, prepare_run_dir, set_threads
+from miro.config import CONF_DIR, instantiate_group, prepare_run_dir, quiet_eval_mode_warning, set_threads
 from miro.rl.module import updates_per_iteration
+from miro.usage import usage_errors
 
-warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
+quiet_eval_mode_warning()
 # GRPO checkpoints are meant to hold the weights after the iteration's updates.
 warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
 
@@ -52,11 +53,12 @@ def build(cfg: DictConfig) -> tuple[L.LightningModule, L.LightningDataModule, L.
     return module, datamodule, trainer
 
 
-@hydra.main(version_base="1.3", config_path="../../conf", config_name="rl")
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="rl")
 def main(cfg: DictConfig) -> None:
     out = prepare_run_dir(cfg)
-    module, datamodule, trainer = build(cfg)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    with usage_errors():  # a missing export or prompt file: one line, exit code 2
+        module, datamodule, trainer = build(cfg)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     if not trainer.is_global_zero:
         return
     export = module.export(out / "export", extra={"source": str(cfg.pretrained)})

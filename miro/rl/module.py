@@ -32,7 +32,7 @@ from miro.data.datamodule import step_seed
 from miro.data.shards import write_bytes_atomic
 from miro.flow.sampling import gaussian_kl_same_std, sample_euler, time_schedule
 from miro.lit.ema import ema_decay_at, update_ema
-from miro.pipeline import FALLBACK_SAMPLING, PRECISIONS, image_grid, reward_condition, to_uint8
+from miro.pipeline import PRECISIONS, image_grid, reward_condition, sampling_settings, to_uint8
 from miro.pretrained import Pretrained, load_pretrained, save_pretrained
 from miro.rewards.base import RewardModel
 from miro.rl.chunks import (
@@ -117,12 +117,12 @@ class GRPOModule(L.LightningModule):
         self.pretrained.text_encoder.requires_grad_(False).eval()
         if self.pretrained.vae is not None:
             self.pretrained.vae.requires_grad_(False).eval()
-        sampling = FALLBACK_SAMPLING | self.pretrained.sampling
+        sampling = sampling_settings(self.pretrained.sampling, guidance, shift=shift)
         self.reward_names = list(self.pretrained.reward_names)
         self.reward_weights = parse_reward_weights(rewards)
         self.monitor_names = [n for n in monitor_rewards if n not in self.reward_weights]
         self.positive, self.negative = reward_condition(
-            self.reward_names, targets, negative_targets, sampling.get("guided_rewards")
+            self.reward_names, targets, negative_targets, sampling["guided_rewards"]
         )
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
@@ -135,9 +135,9 @@ class GRPOModule(L.LightningModule):
             if value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
         self.hp = dict(
-            guidance=float(sampling["guidance"] if guidance is None else guidance),
+            guidance=sampling["guidance"],
             steps=int(steps),
-            shift=float(sampling["shift"] if shift is None else shift),
+            shift=sampling["shift"],
             noise_level=noise_level,
             group_size=group_size,
             rollout_batch_size=rollout_batch_size,
@@ -208,7 +208,8 @@ class GRPOModule(L.LightningModule):
     def reward_models(self) -> dict[str, RewardModel]:
         if self._rewards is None:
             names = list(self.reward_weights) + self.monitor_names
-            self._rewards = build_rewards(reward_specs(names))
+            # On the policy's device: scoring every rollout on the CPU would stall a GPU run.
+            self._rewards = build_rewards(reward_specs(names), device=str(self.device))
         return self._rewards
 
     def _condition(self, prompts: list[str]) -> PolicyCondition:

@@ -9,28 +9,16 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from pathlib import Path
 
 import lightning as L
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
 from miro.data.datamodule import step_seed
+from miro.data.prompt_file import read_prompt_file
 from miro.eval.benchmark import benchmark_prompts
 
 log = logging.getLogger(__name__)
-
-
-def read_prompt_file(path: str | Path) -> list[str]:
-    """One prompt per line; blank lines and lines starting with # are skipped."""
-    file = Path(path)
-    if not file.is_file():
-        raise FileNotFoundError(f"prompt file {file} does not exist")
-    prompts = [ln.strip() for ln in file.read_text(encoding="utf-8").splitlines()]
-    prompts = [p for p in prompts if p and not p.startswith("#")]
-    if not prompts:
-        raise ValueError(f"prompt file {file} holds no prompts")
-    return prompts
 
 
 def training_prompts(

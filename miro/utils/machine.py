@@ -1,25 +1,32 @@
-"""The machine a benchmark ran on, recorded next to its numbers (a figure without it means nothing)."""
+"""The machine a figure was measured on, stored next to it: a speed or a study result without the
+machine (and how busy it was) means nothing. Used by the benchmarks and the evidence study."""
 
 from __future__ import annotations
 
 import os
 import platform
 from pathlib import Path
+from typing import Any
 
 import torch
 
 
-def machine() -> dict[str, object]:
-    cpu = platform.processor() or "unknown"
+def cpu_name() -> str:
+    """The CPU's model name from /proc/cpuinfo (Linux), else what ``platform`` knows."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+                return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    info: dict[str, object] = {
-        "cpu": cpu,
+    return platform.processor() or "unknown"
+
+
+def machine() -> dict[str, Any]:
+    """Host, CPU, cores, torch threads, the 1-minute load (a shared box measures slower), versions, GPU."""
+    info: dict[str, Any] = {
+        "host": platform.node(),
+        "cpu": cpu_name(),
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "load_average_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,

@@ -114,18 +114,6 @@ class CacheSummary:
 # Encoding
 
 
-@torch.no_grad()
-def posterior(vae: LatentVAE, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Images in [-1, 1] -> the VAE posterior's (mean, std), float32, on the diffusion scale.
-
-    The mean is exactly what ``vae.encode`` returns (raw-mode training); the std is scaled the same way
-    (a shift moves the mean only), so ``mean + std * eps`` is a scaled posterior sample.
-    """
-    dist = vae.vae.encode(images.to(vae.vae.dtype)).latent_dist
-    mean = (dist.mean.float() - vae.shift_factor) * vae.scaling_factor
-    return mean, dist.std.float() * vae.scaling_factor
-
-
 def key_seed(seed: int, key: str) -> int:
     """A per-sample seed: a rerun, any batch size or any rank draws the same posterior sample."""
     return (seed * 1_000_003 + zlib.crc32(key.encode("utf-8"))) % (2**63)
@@ -135,7 +123,7 @@ def encode_latents(
     vae: LatentVAE, images: torch.Tensor, keys: Sequence[str], mode: str, seed: int = 0
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """-> (latent [B, C, h, w], std or None), float32 on the images' device, for ``mode``."""
-    mean, std = posterior(vae, images)
+    mean, std = (x.float() for x in vae.posterior(images))
     if mode == "mean":
         return mean, None
     if mode == "mean_std":

@@ -65,10 +65,17 @@ class LatentVAE(nn.Module):
         self.downsample = 2 ** (len(cfg.block_out_channels) - 1)
 
     @torch.no_grad()
+    def posterior(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """[B, 3, H, W] in [-1, 1] -> the posterior's (mean, std) on the diffusion scale, in the VAE's
+        dtype. The std is scaled like the mean (a shift moves the mean only), so ``mean + std * eps``
+        is a scaled posterior sample: what the caching stage stores for sampled latents."""
+        dist = self.vae.encode(images.to(self.vae.dtype)).latent_dist
+        return (dist.mean - self.shift_factor) * self.scaling_factor, dist.std * self.scaling_factor
+
+    @torch.no_grad()
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """[B, 3, H, W] in [-1, 1] -> scaled posterior-mean latents."""
-        posterior = self.vae.encode(images.to(self.vae.dtype)).latent_dist
-        return (posterior.mean - self.shift_factor) * self.scaling_factor
+        return self.posterior(images)[0]
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:

@@ -36,10 +36,10 @@ from miro.data.samples import (
     collate_cached,
     decode_cached_sample,
     decode_sample,
-    pad_tokens,
     to_model_range,
 )
 from miro.data.shards import IMAGE_EXTS, expand_shards, iter_shard
+from miro.models.text import pad_rows
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +134,8 @@ class InMemoryCachedShards:
 
     def batch(self, index: torch.Tensor) -> dict[str, Any]:
         rows = index.tolist()
-        text_tokens, text_mask = pad_tokens([self.text_tokens[i] for i in rows])
+        features = [self.text_tokens[i].float() for i in rows]
+        text_tokens, text_mask = pad_rows(features, features[0].shape[1])
         batch = {
             "latent": self.latents[index],
             "text_tokens": text_tokens,

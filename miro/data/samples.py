@@ -38,6 +38,7 @@ from PIL import Image
 
 from miro.data.bins import RewardBins
 from miro.data.shards import IMAGE_EXTS
+from miro.models.text import pad_rows
 
 
 class SampleDecodeError(ValueError):
@@ -196,20 +197,10 @@ def decode_cached_sample(
     return example
 
 
-def pad_tokens(tokens: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Unpadded [L_i, D] features -> (float32 [B, max L_i, D] zero-padded, mask [B, max L_i])."""
-    length = max(t.shape[0] for t in tokens)
-    out = torch.zeros(len(tokens), length, tokens[0].shape[1], dtype=torch.float32)
-    mask = torch.zeros(len(tokens), length, dtype=torch.bool)
-    for i, t in enumerate(tokens):
-        out[i, : t.shape[0]] = t
-        mask[i, : t.shape[0]] = True
-    return out, mask
-
-
 def collate_cached(examples: list[dict[str, Any]]) -> dict[str, Any]:
     """Cached examples -> batch with ``latent`` [B, C, h, w], ``text_tokens`` / ``text_mask``, captions."""
-    text_tokens, text_mask = pad_tokens([e["text_tokens"] for e in examples])
+    rows = [e["text_tokens"].float() for e in examples]
+    text_tokens, text_mask = pad_rows(rows, rows[0].shape[1])
     batch = {
         "latent": torch.stack([e["latent"] for e in examples]),
         "text_tokens": text_tokens,

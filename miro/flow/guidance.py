@@ -15,10 +15,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from miro.flow.sampling import VelocityFn
+from miro.models.text import pad_to_length
 
 
 def reward_targets(
@@ -38,13 +38,6 @@ def reward_targets(
             raise ValueError(f"reward target for {name!r} must be in [0, 1], got {value}")
         values[:, names.index(name)] = float(value)
     return values
-
-
-def _pad_tokens(tokens: torch.Tensor, mask: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
-    extra = length - tokens.shape[1]
-    if extra == 0:
-        return tokens, mask
-    return F.pad(tokens, (0, 0, 0, extra)), F.pad(mask, (0, extra), value=False)
 
 
 def guided_velocity_fn(
@@ -90,8 +83,8 @@ def guided_velocity_fn(
         raise ValueError("rewards and neg_rewards must both be given or both be None")
 
     length = max(text_tokens.shape[1], neg_text_tokens.shape[1])
-    pos_tok, pos_mask = _pad_tokens(text_tokens, text_mask.bool(), length)
-    neg_tok, neg_mask = _pad_tokens(neg_text_tokens, neg_text_mask.bool(), length)
+    pos_tok, pos_mask = pad_to_length(text_tokens, text_mask.bool(), length)
+    neg_tok, neg_mask = pad_to_length(neg_text_tokens, neg_text_mask.bool(), length)
     both_tokens = torch.cat([pos_tok, neg_tok])
     both_mask = torch.cat([pos_mask, neg_mask])
     both_rewards = torch.cat([rewards, neg_rewards]) if rewards is not None else None

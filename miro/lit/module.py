@@ -24,6 +24,7 @@ from torch import nn
 from miro.data.datamodule import step_seed
 from miro.flow.path import flow_loss, interpolate, sample_timesteps
 from miro.lit.ema import ema_decay_at, update_ema
+from miro.models.text import pad_to_length
 
 
 def warmup_cosine(step: int, warmup_steps: int, total_steps: int, min_ratio: float) -> float:
@@ -124,10 +125,8 @@ class MiroModule(L.LightningModule):
             return tokens, mask
         empty, empty_mask = self.encode_text([""])
         length = max(tokens.shape[1], empty.shape[1])
-        tokens = torch.nn.functional.pad(tokens, (0, 0, 0, length - tokens.shape[1]))
-        mask = torch.nn.functional.pad(mask, (0, length - mask.shape[1]))
-        empty = torch.nn.functional.pad(empty, (0, 0, 0, length - empty.shape[1])).to(tokens.dtype)
-        empty_mask = torch.nn.functional.pad(empty_mask, (0, length - empty_mask.shape[1]))
+        tokens, mask = pad_to_length(tokens, mask, length)
+        empty, empty_mask = pad_to_length(empty.to(tokens.dtype), empty_mask, length)
         rows = drop.to(tokens.device)
         tokens = torch.where(rows[:, None, None], empty, tokens)
         mask = torch.where(rows[:, None], empty_mask, mask)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from test_pretrained import export_tiny_model
+from tiny_models import export_tiny_model
 
 from miro.cli.eval import main
 from miro.data.captions import COLOURS, SHAPES, CaptionSpec, parse_spec, render_caption

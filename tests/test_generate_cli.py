@@ -8,8 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import OFFLINE_REWARDS
 from PIL import Image
-from test_pretrained import OFFLINE_REWARDS, export_tiny_model
+from tiny_models import export_tiny_model
 
 from miro.cli.generate import main
 from miro.pipeline import MiroPipeline

@@ -7,8 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import OFFLINE_REWARDS
 from PIL import Image
-from test_pretrained import OFFLINE_REWARDS, export_tiny_model
+from tiny_models import export_tiny_model
 
 from miro.flow.sampling import sample_euler
 from miro.pipeline import (

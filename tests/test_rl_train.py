@@ -9,7 +9,7 @@ import lightning as L
 import pytest
 import torch
 from omegaconf import OmegaConf
-from test_pretrained import export_tiny_model
+from tiny_models import export_tiny_model
 
 from miro.cli import generate as generate_cli
 from miro.config import compose_config

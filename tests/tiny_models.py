@@ -1,0 +1,54 @@
+"""The tiny exported model the pipeline, CLI, evaluator, GRPO and export-format tests share: built
+without training (random weights, perturbed so images depend on text and rewards), so it costs
+milliseconds."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from conftest import OFFLINE_REWARDS
+
+from miro.data.bins import RewardBins
+from miro.data.captions import vocabulary
+from miro.models.dit import MiroDiT
+from miro.models.text import WordTextEncoder
+from miro.pretrained import save_pretrained
+
+TEXT_CONFIG = {"_target_": "miro.models.text.WordTextEncoder", "dim": 16, "depth": 1, "num_heads": 2}
+SAMPLING = {"guidance": 1.5, "steps": 3, "shift": 1.0}
+
+
+def tiny_model(
+    reward_names: Sequence[str] = OFFLINE_REWARDS, seed: int = 0, hidden: int | None = None
+) -> MiroDiT:
+    """A 24 px tiny DiT whose every weight, the zero-initialised output and gates included, is
+    perturbed with seeded noise: its images are neither blank nor independent of text and rewards."""
+    torch.manual_seed(seed)
+    extra = {} if hidden is None else {"hidden_size": hidden, "depth": 2, "num_heads": 2}
+    if extra:
+        model = MiroDiT(24, 3, 4, **extra, text_dim=16, reward_names=list(reward_names))
+    else:
+        model = MiroDiT.from_size("tiny", image_size=24, in_channels=3, patch_size=4, text_dim=16,
+                                  reward_names=list(reward_names))
+    gen = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn(p.shape, generator=gen))
+    return model.eval()
+
+
+def tiny_text_encoder(seed: int = 0) -> WordTextEncoder:
+    torch.manual_seed(seed)
+    return WordTextEncoder(vocabulary(), dim=16, depth=1, num_heads=2).eval()
+
+
+def export_tiny_model(
+    out_dir: Path, bins_path: Path | None, reward_names: Sequence[str] = OFFLINE_REWARDS, seed: int = 0
+) -> Path:
+    """Save a tiny random model as training would export it; returns the model directory."""
+    model, text = tiny_model(reward_names, seed), tiny_text_encoder(seed)
+    bins = RewardBins.load(bins_path) if bins_path is not None else None
+    text_config = TEXT_CONFIG | {"vocab": list(text.words)}
+    return save_pretrained(out_dir, model, text, text_config, list(reward_names), bins, 24, SAMPLING)

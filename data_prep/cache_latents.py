@@ -26,7 +26,6 @@ under torchrun, rank ``i`` of ``W`` takes shards ``i, i + W, ...`` on ``cuda:LOC
 from __future__ import annotations
 
 import logging
-import tarfile
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -53,17 +52,15 @@ from miro.data.samples import (
 )
 from miro.data.shards import (
     IMAGE_EXTS,
-    ShardInputError,
-    atomic_shard_writer,
-    iter_shard,
-    write_bytes_atomic,
 )
 from miro.models.vae import LatentVAE
 from miro.scoring import (
-    JsonReport,
+    RunSummary,
     ScoringConfigError,
+    StageReport,
     device_for_rank,
     dist_rank_world,
+    map_shard,
     run_shards,
 )
 
@@ -77,37 +74,22 @@ class CacheConfigError(ScoringConfigError):
     """A caching request that cannot work; the message says what to change."""
 
 
-@dataclass
-class CacheReport(JsonReport):
-    """What happened to one shard; saved next to the outputs as ``REPORTS/NAME.json``."""
+@dataclass(kw_only=True)
+class CacheReport(StageReport):
+    """A cached shard: the latent mode and shapes, so training can check what it reads."""
 
-    shard: str
-    input: str
     latent: str  # mean | mean_std | sample
     image_size: int
     latent_shape: list[int] = field(default_factory=list)
     text_dim: int = 0
-    n_samples: int = 0
     n_cached: int = 0
-    n_skipped: int = 0
     text_tokens: int = 0  # real tokens stored, summed over samples
-    skipped: list[dict[str, str]] = field(default_factory=list)  # [{"key", "reason"}]
 
 
-@dataclass
-class CacheSummary:
-    output_dir: str
-    report_dir: str
-    reports: list[CacheReport]
-    n_resumed: int = 0
-
+class CacheSummary(RunSummary):
     @property
     def n_cached(self) -> int:
-        return sum(r.n_cached for r in self.reports)
-
-    @property
-    def n_skipped(self) -> int:
-        return sum(r.n_skipped for r in self.reports)
+        return self.total("n_cached")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -210,55 +192,32 @@ def cache_shard(
 ) -> CacheReport:
     """Cache one shard into ``output_path`` and write its report; returns the report."""
     check_settings(vae, image_size, latent, batch_size)
-    output_path = Path(output_path)
     device = next(vae.parameters()).device
-    report = CacheReport(shard=output_path.name, input=str(input_path), latent=latent, image_size=image_size)
-    with atomic_shard_writer(output_path) as writer:
-        pending: list[_Item] = []
-        consumed = 0
+    report = CacheReport(
+        shard=Path(output_path).name, input=str(input_path), latent=latent, image_size=image_size
+    )
 
-        def skip(key: str, reason: str) -> None:
-            report.n_skipped += 1
-            report.skipped.append({"key": key, "reason": reason})
-            log.warning("%s: skipping sample %s: %s", input_path, key, reason)
+    def encode(items: list[_Item]) -> list[dict[str, Any] | str]:
+        outputs: list[dict[str, Any] | str] = []
+        encoded = _encode_batch(items, vae, text_encoder, latent, seed, device)
+        for item, enc in zip(items, encoded, strict=True):
+            if isinstance(enc, str):
+                outputs.append(enc)
+                continue
+            kept = {
+                k: v for k, v in item.sample.items()
+                if k not in CACHED_EXTS and (keep_image or k not in IMAGE_EXTS)
+            }
+            outputs.append({**kept, **enc.fields})
+            report.n_cached += 1
+            report.text_tokens += enc.text_shape[0]
+            report.latent_shape, report.text_dim = enc.latent_shape, enc.text_shape[1]
+        return outputs
 
-        def flush() -> None:
-            nonlocal consumed
-            if pending:
-                encoded = _encode_batch(pending, vae, text_encoder, latent, seed, device)
-                for item, enc in zip(pending, encoded, strict=True):
-                    if isinstance(enc, str):
-                        skip(item.sample["__key__"], enc)
-                        continue
-                    kept = {
-                        k: v for k, v in item.sample.items()
-                        if k not in CACHED_EXTS and (keep_image or k not in IMAGE_EXTS)
-                    }
-                    writer.write({**kept, **enc.fields})
-                    report.n_cached += 1
-                    report.text_tokens += enc.text_shape[0]
-                    report.latent_shape, report.text_dim = enc.latent_shape, enc.text_shape[1]
-                pending.clear()
-            if on_samples is not None:
-                on_samples(consumed)
-            consumed = 0
-
-        try:
-            for sample in iter_shard(input_path):
-                report.n_samples += 1
-                consumed += 1
-                item = _prepare(sample, image_size)
-                if isinstance(item, str):
-                    skip(sample["__key__"], item)
-                    continue
-                pending.append(item)
-                if len(pending) >= batch_size:
-                    flush()
-        except tarfile.TarError as err:  # a damaged archive, not a damaged sample: stop and say which
-            raise ShardInputError(f"cannot read shard {input_path}: {err}") from None
-        flush()
-        # The report goes first: a shard that exists always has one (see miro.scoring.is_finished).
-        write_bytes_atomic(report_path, report.to_bytes())
+    map_shard(
+        input_path, output_path, report_path, report, lambda s: _prepare(s, image_size), encode, batch_size,
+        on_samples,
+    )
     log.info("%s: cached %d, skipped %d -> %s", input_path, report.n_cached, report.n_skipped, output_path)
     return report
 

@@ -150,19 +150,33 @@ class JsonReport:
         return cls(**json.loads(Path(path).read_text(encoding="utf-8")))
 
 
-@dataclass
-class ShardReport(JsonReport):
-    """What happened to one shard; saved next to the outputs as ``REPORTS/NAME.json``."""
+@dataclass(kw_only=True)
+class StageReport(JsonReport):
+    """What a shard stage (scoring, caching) did to one shard; saved as ``REPORTS/NAME.json``.
+
+    Every skipped sample is listed with its key and reason, so a user can find it in the input."""
 
     shard: str  # file name, the same for input and output
     input: str
     n_samples: int = 0
-    n_scored: int = 0
     n_skipped: int = 0
+    skipped: list[dict[str, str]] = field(default_factory=list)  # [{"key", "reason"}]
+
+    def skip(self, key: str, reason: str) -> None:
+        self.n_skipped += 1
+        self.skipped.append({"key": key, "reason": reason})
+        log.warning("%s: skipping sample %s: %s", self.input, key, reason)
+
+
+@dataclass(kw_only=True)
+class ShardReport(StageReport):
+    """A scored shard: which rewards (and versions) scored it, and how many scores were computed now
+    rather than kept from the input."""
+
+    n_scored: int = 0
     rewards: dict[str, str] = field(default_factory=dict)  # name -> version
     computed: dict[str, int] = field(default_factory=dict)  # name -> scores computed now
     reused: dict[str, int] = field(default_factory=dict)  # name -> scores kept from the input
-    skipped: list[dict[str, str]] = field(default_factory=list)  # [{"key", "reason"}]
 
 
 @dataclass
@@ -238,23 +252,57 @@ def score_shard(
     """Score one shard into ``output_path`` and write its report; returns the report."""
     if batch_size < 1:
         raise ScoringConfigError(f"batch_size must be >= 1, got {batch_size}")
-    output_path = Path(output_path)
     report = ShardReport(
-        shard=output_path.name,
+        shard=Path(output_path).name,
         input=str(input_path),
         rewards={name: r.version for name, r in rewards.items()},
     )
+
+    def score(items: list[_Item]) -> list[dict[str, Any]]:
+        _score_pending(items, rewards, recompute, report)
+        report.n_scored += len(items)
+        return [{**it.sample, REWARDS_EXT: encode_rewards(it.scores, it.versions)} for it in items]
+
+    map_shard(input_path, output_path, report_path, report, _prepare, score, batch_size, on_samples)
+    log.info("%s: scored %d, skipped %d -> %s", input_path, report.n_scored, report.n_skipped, output_path)
+    return report
+
+
+T = TypeVar("T")
+
+
+def map_shard(
+    input_path: str | Path,
+    output_path: str | Path,
+    report_path: str | Path,
+    report: StageReport,
+    prepare: Callable[[dict[str, Any]], T | str],
+    process: Callable[[list[T]], Sequence[dict[str, Any] | str]],
+    batch_size: int,
+    on_samples: Callable[[int], None] | None = None,
+) -> None:
+    """Stream one shard through a stage, the loop scoring and caching share.
+
+    ``prepare`` decodes a sample (or says why it cannot be used); ``process`` handles a batch of
+    prepared items and returns, per item, the output sample or the reason it is skipped. Outputs go to
+    a temporary shard renamed into place; the report is written just before that rename, so a shard
+    that exists always has its report (what resuming checks). A damaged sample is skipped and listed;
+    a damaged archive stops the stage with its name.
+    """
     with atomic_shard_writer(output_path) as writer:
-        pending: list[_Item] = []
+        pending: list[tuple[str, T]] = []
         consumed = 0
 
         def flush() -> None:
             nonlocal consumed
-            _score_pending(pending, rewards, recompute, report)
-            for item in pending:
-                writer.write({**item.sample, REWARDS_EXT: encode_rewards(item.scores, item.versions)})
-            report.n_scored += len(pending)
-            pending.clear()
+            if pending:
+                outputs = process([item for _, item in pending])
+                for (key, _), out in zip(pending, outputs, strict=True):
+                    if isinstance(out, str):
+                        report.skip(key, out)
+                    else:
+                        writer.write(out)
+                pending.clear()
             if on_samples is not None:
                 on_samples(consumed)
             consumed = 0
@@ -263,22 +311,17 @@ def score_shard(
             for sample in iter_shard(input_path):
                 report.n_samples += 1
                 consumed += 1
-                item = _prepare(sample)
+                item = prepare(sample)
                 if isinstance(item, str):
-                    report.n_skipped += 1
-                    report.skipped.append({"key": sample["__key__"], "reason": item})
-                    log.warning("%s: skipping sample %s: %s", input_path, sample["__key__"], item)
+                    report.skip(sample["__key__"], item)
                     continue
-                pending.append(item)
+                pending.append((sample["__key__"], item))
                 if len(pending) >= batch_size:
                     flush()
         except tarfile.TarError as err:  # a damaged archive, not a damaged sample: stop and say which
             raise ShardInputError(f"cannot read shard {input_path}: {err}") from None
         flush()
-        # The report goes first: a shard that exists always has one (see is_finished).
         write_bytes_atomic(report_path, report.to_bytes())
-    log.info("%s: scored %d, skipped %d -> %s", input_path, report.n_scored, report.n_skipped, output_path)
-    return report
 
 
 # --------------------------------------------------------------------------------------------------
@@ -287,18 +330,23 @@ def score_shard(
 
 @dataclass
 class RunSummary:
+    """One stage run over many shards: this run's shard reports and the shards an earlier run finished."""
+
     output_dir: str
     report_dir: str
-    reports: list[ShardReport]
+    reports: list[Any]  # the stage's StageReport subclass
     n_resumed: int = 0  # shards already finished by an earlier run
 
-    @property
-    def n_scored(self) -> int:
-        return sum(r.n_scored for r in self.reports)
+    def total(self, counter: str) -> int:
+        return sum(getattr(r, counter) for r in self.reports)
 
     @property
     def n_skipped(self) -> int:
-        return sum(r.n_skipped for r in self.reports)
+        return self.total("n_skipped")
+
+    @property
+    def n_scored(self) -> int:
+        return self.total("n_scored")
 
 
 def dist_rank_world(env: Mapping[str, str] | None = None) -> tuple[int, int]:

@@ -12,11 +12,15 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.progress import BarColumn, Progress, ProgressColumn, Task, TextColumn, TimeElapsedColumn
+from rich.text import Text
 
 from miro.config import compose_config
 from miro.scoring import ScoringConfigError
@@ -24,6 +28,28 @@ from miro.usage import usage_errors
 
 # Progress bars and log lines share one console on stderr; stdout carries only the final summary.
 CONSOLE = Console(stderr=True)
+
+
+class _Rate(ProgressColumn):
+    def render(self, task: Task) -> Text:
+        return Text(f"{task.speed:,.0f} samples/s" if task.speed else "- samples/s")
+
+
+@contextmanager
+def shard_progress(label: str, enabled: bool) -> Iterator[dict[str, Callable[..., Any]]]:
+    """The ``on_samples`` / ``on_shard`` callbacks of a shard stage, driving one progress bar (samples
+    done, rate, current shard); no callbacks when ``enabled`` is false (other ranks, progress=false)."""
+    if not enabled:
+        yield {}
+        return
+    columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed:,.0f} samples"),
+               _Rate(), TimeElapsedColumn())
+    with Progress(*columns, console=CONSOLE) as bar:
+        task = bar.add_task(label, total=None)
+        yield {
+            "on_samples": lambda n: bar.advance(task, n),
+            "on_shard": lambda i, total, name: bar.update(task, description=f"shard {i + 1}/{total} {name}"),
+        }
 
 
 def require(cfg: DictConfig, *keys: str) -> None:

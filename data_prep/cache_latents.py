@@ -36,10 +36,9 @@ import numpy as np
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from torch import nn
 
-from data_prep import CONSOLE, require, run_stage
+from data_prep import require, run_stage, shard_progress
 from miro.data.samples import (
     LATENT_EXT,
     LATENT_STD_EXT,
@@ -296,17 +295,8 @@ def _cache(cfg: DictConfig, vae: LatentVAE, text_encoder: nn.Module, rank: int, 
         keep_image=bool(cfg.keep_image), seed=int(cfg.seed), report_dir=cfg.report_dir,
         recompute=bool(cfg.recompute), rank=rank, world_size=world,
     )
-    if not cfg.progress or rank != 0:
-        return cache_shards(**kwargs)
-    columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed:,.0f} samples"),
-               TimeElapsedColumn())
-    with Progress(*columns, console=CONSOLE) as bar:
-        task = bar.add_task("caching", total=None)
-        return cache_shards(
-            **kwargs,
-            on_samples=lambda n: bar.advance(task, n),
-            on_shard=lambda i, total, name: bar.update(task, description=f"shard {i + 1}/{total} {name}"),
-        )
+    with shard_progress("caching", bool(cfg.progress) and rank == 0) as callbacks:
+        return cache_shards(**kwargs, **callbacks)
 
 
 def stage(cfg: DictConfig) -> None:

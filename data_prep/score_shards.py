@@ -9,10 +9,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from omegaconf import DictConfig
-from rich.progress import BarColumn, Progress, ProgressColumn, Task, TextColumn, TimeElapsedColumn
-from rich.text import Text
 
-from data_prep import CONSOLE, require, run_stage
+from data_prep import require, run_stage, shard_progress
 from miro.rewards.base import RewardModel
 from miro.scoring import (
     RunSummary,
@@ -24,27 +22,13 @@ from miro.scoring import (
 )
 
 
-class _Rate(ProgressColumn):
-    def render(self, task: Task) -> Text:
-        return Text(f"{task.speed:,.0f} samples/s" if task.speed else "- samples/s")
-
-
 def _score(cfg: DictConfig, rewards: Mapping[str, RewardModel], rank: int, world: int) -> RunSummary:
     kwargs = dict(
         inputs=cfg.input, output_dir=cfg.output, rewards=rewards, batch_size=int(cfg.batch_size),
         report_dir=cfg.report_dir, recompute=bool(cfg.recompute), rank=rank, world_size=world,
     )
-    if not cfg.progress or rank != 0:
-        return score_shards(**kwargs)
-    columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed:,.0f} samples"),
-               _Rate(), TimeElapsedColumn())
-    with Progress(*columns, console=CONSOLE) as bar:
-        task = bar.add_task("scoring", total=None)
-        return score_shards(
-            **kwargs,
-            on_samples=lambda n: bar.advance(task, n),
-            on_shard=lambda i, total, name: bar.update(task, description=f"shard {i + 1}/{total} {name}"),
-        )
+    with shard_progress("scoring", bool(cfg.progress) and rank == 0) as callbacks:
+        return score_shards(**kwargs, **callbacks)
 
 
 def stage(cfg: DictConfig) -> None:

@@ -33,6 +33,12 @@ CONFIG = "config.json"
 REQUIRED_FIELDS = ("model", "text_encoder", "reward_names", "image_size")
 
 
+def periodic_export(exports_dir: str | Path, step: int) -> Path:
+    """Where the export written during training at optimiser step ``step`` goes. Training writes it and
+    the evidence study reads it, so the name is defined once, here."""
+    return Path(exports_dir) / f"step{step:07d}"
+
+
 class CheckpointError(ValueError):
     """A missing, unreadable or incompatible model directory; the message names the path and field."""
 

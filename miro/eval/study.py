@@ -27,6 +27,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from miro.pretrained import periodic_export
 from miro.utils.machine import machine
 
 log = logging.getLogger(__name__)
@@ -86,7 +87,7 @@ class Layout:
     def export(self, seed: int, role: str, step: int | None = None) -> Path:
         """The final export (``step=None``) or the periodic one written at ``step``."""
         run = self.train_run(seed, role)
-        return run / "export" if step is None else run / "exports" / f"step{step:07d}"
+        return run / "export" if step is None else periodic_export(run / "exports", step)
 
     def convergence_eval(self, seed: int, role: str, step: int) -> Path:
         return self.seed_dir(seed) / "eval" / "convergence" / role / f"step{step:07d}"

@@ -13,7 +13,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from miro.pipeline import generate_images, image_grid, negative_targets, target_values
-from miro.pretrained import save_pretrained
+from miro.pretrained import periodic_export, save_pretrained
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +155,7 @@ class ExportPretrained(L.Callback):
         # With gradient accumulation several batches end at the same optimiser step: export once.
         if due and step != self._last_periodic:
             self._last_periodic = step
-            self.export(trainer, pl_module, self.periodic_dir / f"step{step:07d}")
+            self.export(trainer, pl_module, periodic_export(self.periodic_dir, step))
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.export(trainer, pl_module, Path(self.out_dir))

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from miro.flow.guidance import guided_velocity_fn
-from miro.flow.sampling import SDEStep, sde_step
+from miro.flow.sampling import SDEStep, VelocityFn, integrate, sde_step
 from miro.pipeline import autocast_velocity
 
 
@@ -73,11 +73,16 @@ def policy_step(
 ) -> SDEStep:
     """One SDE transition of the guided policy: sample it, or (``x_next`` given) score it."""
     t_batch = torch.full((x.shape[0],), t, dtype=torch.float32, device=x.device)
+    v = policy_velocity(model, condition, precision)(x, t_batch)
+    return sde_step(x, v.float(), t, t_next, noise_level, x_next=x_next, generator=generator)
+
+
+def policy_velocity(model: nn.Module, condition: PolicyCondition, precision: str = "fp32") -> VelocityFn:
+    """The guided velocity the policy's Gaussian is centred on, under bf16 autocast if asked."""
     velocity = condition.velocity(model)
     if precision == "bf16":
-        velocity = autocast_velocity(velocity, x.device.type, torch.bfloat16)
-    v = velocity(x, t_batch)
-    return sde_step(x, v.float(), t, t_next, noise_level, x_next=x_next, generator=generator)
+        velocity = autocast_velocity(velocity, next(model.parameters()).device.type, torch.bfloat16)
+    return velocity
 
 
 @torch.no_grad()
@@ -90,21 +95,18 @@ def rollout(
     generator: torch.Generator | None = None,
     precision: str = "fp32",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sample trajectories from ``noise`` -> (states [T + 1, N, ...] float32, log-probs [T, N] float32)."""
-    x = noise.float()
-    states, log_probs = [x], []
-    for t, t_next in zip(timesteps[:-1], timesteps[1:], strict=True):
-        step = policy_step(
-            model,
-            condition,
-            x,
-            float(t),
-            float(t_next),
-            noise_level,
-            generator=generator,
-            precision=precision,
-        )
-        x = step.x_next
-        states.append(x)
-        log_probs.append(step.log_prob)
+    """Sample trajectories from ``noise`` -> (states [T + 1, N, ...] float32, log-probs [T, N] float32).
+
+    The ODE sampler's loop (:func:`~miro.flow.sampling.integrate`) with the Euler step swapped for the
+    SDE step, so rollouts and generation share the schedule and the model call."""
+    log_probs: list[torch.Tensor] = []
+
+    def step(x: torch.Tensor, v: torch.Tensor, t: float, t_next: float) -> torch.Tensor:
+        transition = sde_step(x, v.float(), t, t_next, noise_level, generator=generator)
+        log_probs.append(transition.log_prob)
+        return transition.x_next
+
+    times = torch.as_tensor([float(t) for t in timesteps], dtype=torch.float64)  # exact: scoring reuses them
+    velocity = policy_velocity(model, condition, precision)
+    _, states = integrate(velocity, noise.float(), times, step, return_trajectory=True)
     return torch.stack(states), torch.stack(log_probs)

@@ -45,6 +45,7 @@ from miro.data.shards import (
     ShardInputError,
     atomic_shard_writer,
     expand_shards,
+    file_fingerprint,
     iter_shard,
     split_key,
     write_bytes_atomic,
@@ -158,6 +159,7 @@ class StageReport(JsonReport):
 
     shard: str  # file name, the same for input and output
     input: str
+    input_fingerprint: str = ""  # the input's size:mtime_ns when it was read (resume redoes changed inputs)
     n_samples: int = 0
     n_skipped: int = 0
     skipped: list[dict[str, str]] = field(default_factory=list)  # [{"key", "reason"}]
@@ -289,6 +291,7 @@ def map_shard(
     that exists always has its report (what resuming checks). A damaged sample is skipped and listed;
     a damaged archive stops the stage with its name.
     """
+    report.input_fingerprint = file_fingerprint(input_path)
     with atomic_shard_writer(output_path) as writer:
         pending: list[tuple[str, T]] = []
         consumed = 0
@@ -387,8 +390,16 @@ def report_path_for(report_dir: str | Path, output: Path) -> Path:
     return Path(report_dir) / f"{output.name.removesuffix('.tar')}.json"
 
 
-def is_finished(output: Path, report: Path) -> bool:
-    return output.is_file() and report.is_file()
+def is_finished(input_path: str | Path, output: Path, report: Path) -> bool:
+    """The output and its report exist, and the report was made from the input as it is now: a shard
+    re-rendered or re-downloaded since (other size or time stamp) is processed again."""
+    if not (output.is_file() and report.is_file()):
+        return False
+    try:
+        made_from = json.loads(report.read_text(encoding="utf-8")).get("input_fingerprint")
+    except (OSError, ValueError):
+        return False
+    return made_from == file_fingerprint(input_path)
 
 
 def score_shards(
@@ -439,7 +450,8 @@ def run_shards(
     i mod world), each either finished by an earlier run (its report is loaded: resume) or given to
     ``process(input, output, report_path)``. Returns the reports, how many were resumed, and the report
     directory (default ``<output_dir>/reports``)."""
-    plan = plan_outputs(expand_shards(inputs), output_dir)[rank::world_size]
+    planned_all = plan_outputs(expand_shards(inputs), output_dir)
+    plan = planned_all[rank::world_size]
     reports_in = Path(report_dir) if report_dir is not None else Path(output_dir) / "reports"
     reports: list[R] = []
     resumed = 0
@@ -447,13 +459,32 @@ def run_shards(
         report_path = report_path_for(reports_in, out)
         if on_shard is not None:
             on_shard(i, len(plan), out.name)
-        if skip_finished and is_finished(out, report_path):
+        if skip_finished and is_finished(path, out, report_path):
             log.info("%s: already %s, skipping", out, done)
             reports.append(load_report(report_path))
             resumed += 1
         else:
             reports.append(process(path, out, report_path))
+    if rank == 0:
+        warn_unplanned_outputs(output_dir, reports_in, {out.name for _, out in planned_all})
     return reports, resumed, reports_in
+
+
+def warn_unplanned_outputs(output_dir: str | Path, report_dir: Path, planned: set[str]) -> None:
+    """Name the shards in ``output_dir`` that this stage wrote (they have a report) from inputs that are
+    no longer given, e.g. after regenerating fewer shards. They are left in place (scoring in parts
+    into one directory is legitimate), but whoever reads the directory would read them too."""
+    stale = sorted(
+        p.name for p in Path(output_dir).glob("*.tar")
+        if p.name not in planned and report_path_for(report_dir, p).is_file()
+    )
+    if stale:
+        shown = ", ".join(stale[:5]) + (f" and {len(stale) - 5} more" if len(stale) > 5 else "")
+        log.warning(
+            "%s also holds %d shard(s) made from inputs not given this time (%s); delete them if they are "
+            "left over from an earlier run, or training and fit-bins will read them too",
+            output_dir, len(stale), shown,
+        )
 
 
 # --------------------------------------------------------------------------------------------------

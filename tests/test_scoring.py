@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import math
 import os
 import subprocess
@@ -193,6 +194,24 @@ def test_a_report_without_its_shard_means_unfinished(inputs, tmp_path):
     again = Counting()
     assert score_shards(str(inputs), tmp_path / "out", {"redness": again}).n_resumed == 2
     assert again.images == PER_SHARD
+
+
+def test_a_rewritten_input_is_scored_again_and_leftover_outputs_are_named(inputs, tmp_path, caplog):
+    score_shards(str(inputs), tmp_path / "out", {"redness": Counting()})
+    shard = inputs / "00001.tar"
+    data = shard.read_bytes()
+    shard.unlink()
+    shard.write_bytes(data)  # regenerated since it was scored: a new time stamp
+    os.utime(shard, ns=(1, 1))
+    again = Counting()
+    summary = score_shards(str(inputs), tmp_path / "out", {"redness": again})
+    assert summary.n_resumed == 2 and again.images > 0
+    # fewer inputs than last time: the output left over from the dropped one is named, not deleted
+    with caplog.at_level(logging.WARNING, logger="miro.scoring"):
+        kept = [str(inputs / "00000.tar"), str(inputs / "00001.tar")]
+        score_shards(kept, tmp_path / "out", {"redness": again})
+    assert "holds 1 shard(s) made from inputs not given this time (00002.tar)" in caplog.text
+    assert (tmp_path / "out" / "00002.tar").is_file()
 
 
 # --------------------------------------------------------------------------------------------------

@@ -225,10 +225,22 @@ def test_shares_of_degraded_and_mismatched_samples_follow_the_probabilities() ->
 def test_cli_writes_shards_and_reports_where(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "shards"
     assert data_main(["shapes", "--out", str(out), "--n", "12", "--per-shard", "5", "--size", "24"]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["00000.tar", "00001.tar", "00002.tar"]
+    assert sorted(p.name for p in out.iterdir()) == ["00000.tar", "00001.tar", "00002.tar", "spec.json"]
     assert f"{out}/{{00000..00002}}.tar" in capsys.readouterr().out
     sample = next(iter(wds.WebDataset(str(out / "00000.tar"), shardshuffle=False, empty_check=False)))
     assert json.loads(sample["json"])["width"] == 24
+
+
+def test_cli_rerun_writes_nothing_and_a_smaller_set_leaves_no_old_shard(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "shards"
+    args = ["shapes", "--out", str(out), "--n", "12", "--per-shard", "5", "--size", "24"]
+    assert data_main(args) == 0
+    stamps = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    assert data_main(args) == 0
+    assert "nothing written" in capsys.readouterr().out
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == stamps  # scored shards stay valid
+    assert data_main([*args[:4], "7", *args[5:]]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["00000.tar", "00001.tar", "spec.json"]
 
 
 def test_cli_rejects_bad_arguments(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from miro.data.shapes import MAX_OBJECTS, ShapesSpec, iter_write_shapes_shards
+from miro.data.shapes import MAX_OBJECTS, SPEC_FILE, ShapesSpec, iter_write_shapes_shards, shapes_up_to_date
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -58,13 +58,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as err:
         print(f"miro-data: {err}", file=sys.stderr)
         return 2
+    last = spec.n_shards - 1
+    pattern = f"{args.out}/{{00000..{last:05d}}}.tar" if last else f"{args.out}/00000.tar"
+    if shapes_up_to_date(spec, args.out):
+        print(f"{args.out} already holds these {spec.n} samples ({SPEC_FILE} matches), nothing written: "
+              f"{pattern}")
+        return 0
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns) as progress:
         task = progress.add_task("shapes samples", total=spec.n)
         for _, count in iter_write_shapes_shards(spec, args.out, workers=args.workers):
             progress.advance(task, count)
-    last = spec.n_shards - 1
-    pattern = f"{args.out}/{{00000..{last:05d}}}.tar" if last else f"{args.out}/00000.tar"
     print(f"Wrote {spec.n} samples in {spec.n_shards} shards: {pattern}")
     return 0
 

@@ -37,7 +37,7 @@ from miro.data.captions import (
     fraction_true,
     render_caption,
 )
-from miro.data.shards import atomic_shard_writer, encode_jpeg
+from miro.data.shards import atomic_shard_writer, encode_jpeg, write_bytes_atomic
 
 log = logging.getLogger(__name__)
 
@@ -470,17 +470,52 @@ def write_shard(out_dir: str | Path, spec: ShapesSpec, shard: int) -> tuple[Path
     return path, stop - start
 
 
+SPEC_FILE = "spec.json"  # written last, next to the shards: the data set they hold, once complete
+
+
+def _spec_json(spec: ShapesSpec) -> str:
+    return json.dumps(asdict(spec), sort_keys=True)
+
+
+def shapes_up_to_date(spec: ShapesSpec, out_dir: str | Path) -> bool:
+    """``out_dir`` already holds exactly this data set (a rerun of ``make demo`` writes nothing, so
+    the scored shards made from it stay valid)."""
+    out = Path(out_dir)
+    try:
+        same = (out / SPEC_FILE).read_text(encoding="utf-8") == _spec_json(spec)
+    except OSError:
+        return False
+    return same and all((out / f"{i:05d}.tar").is_file() for i in range(spec.n_shards))
+
+
+def _remove_previous(out_dir: Path) -> None:
+    """Remove the shards an earlier, different spec wrote here (listed by its spec file), so that a
+    smaller data set does not leave old shards behind for later stages to read."""
+    try:
+        old = ShapesSpec(**json.loads((out_dir / SPEC_FILE).read_text(encoding="utf-8")))
+    except (OSError, ValueError, TypeError):
+        return
+    (out_dir / SPEC_FILE).unlink()
+    for i in range(old.n_shards):
+        (out_dir / f"{i:05d}.tar").unlink(missing_ok=True)
+    log.info("removed the %d shards of the previous data set in %s", old.n_shards, out_dir)
+
+
 def iter_write_shapes_shards(
     spec: ShapesSpec, out_dir: str | Path, workers: int = 1
 ) -> Iterator[tuple[Path, int]]:
-    """Write every shard, yielding (path, samples) in shard order as each is done (for progress bars)."""
+    """Write every shard, yielding (path, samples) in shard order as each is done (for progress bars);
+    the spec file is written once all are done."""
+    out = Path(out_dir)
+    _remove_previous(out)
     shards = range(spec.n_shards)
     if workers <= 1:
         for shard in shards:
             yield write_shard(out_dir, spec, shard)
-        return
-    with ProcessPoolExecutor(max_workers=workers) as pool:
-        yield from pool.map(write_shard, [out_dir] * len(shards), [spec] * len(shards), shards)
+    else:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            yield from pool.map(write_shard, [out_dir] * len(shards), [spec] * len(shards), shards)
+    write_bytes_atomic(out / SPEC_FILE, _spec_json(spec).encode("utf-8"))
 
 
 def write_shapes_shards(

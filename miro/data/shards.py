@@ -107,6 +107,13 @@ def atomic_shard_writer(path: str | Path) -> Iterator[wds.TarWriter]:
         raise
 
 
+def file_fingerprint(path: str | Path) -> str:
+    """``size:mtime_ns`` of a file: cheap to take on shards of any size, and it changes whenever the file
+    is rewritten, so a stage can tell that an output was made from an older version of its input."""
+    st = os.stat(path)
+    return f"{st.st_size}:{st.st_mtime_ns}"
+
+
 def write_bytes_atomic(path: str | Path, data: bytes) -> None:
     """Write a small file (a report, bins.json) via a temporary name and rename."""
     path = Path(path)

@@ -775,6 +775,15 @@ class Report:
             "shows its value alone. Negative results are reported as measured.",
             "",
         ]
+        runs = sum(s.study != "data" for s in steps)
+        if present < runs:
+            finished = [s for s in self.seeds if (self.layout.final_eval(s) / "results.json").is_file()]
+            head += [
+                f"**Incomplete**: {present} of {runs} runs are done (seeds with a final model: "
+                f"{', '.join(map(str, finished)) or 'none'}); every table uses the seeds it has, and the "
+                "runs still missing are listed at the end.",
+                "",
+            ]
         summary = (
             ["## Summary", "", *(f"- **{VERDICT_LABEL[k]}**: {v}" for k, v in verdicts.items()), ""]
             if verdicts

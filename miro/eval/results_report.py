@@ -129,6 +129,11 @@ def _ratio(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.2f}x"
 
 
+def _share(fraction: float) -> str:
+    """"all of" for 1, else a percentage: how much of the baseline's gain X stands for."""
+    return "all of" if fraction == 1 else f"{fraction:.0%} of"
+
+
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
     return [
         "| " + " | ".join(header) + " |",
@@ -286,18 +291,17 @@ class Report:
                 )
                 if metric == f"accuracy {OVERALL}" and f == fractions[-1]:
                     sec.verdicts["speedup"] = (
-                        f"{_ratio(ratio)} on benchmark accuracy (X = {x:.3f}, {f:g} of the baseline's gain)"
+                        f"{_ratio(ratio)} on benchmark accuracy (X = {x:.3f}: {_share(f)} the baseline's gain)"
                         if ratio is not None
                         else f"n/a: {'MIRO' if m is None else 'the baseline'} never reaches X = {x:.3f} "
                         "on accuracy"
                     )
         return [
             "Speed-up = steps for the baseline to reach X / steps for MIRO to reach X, on the seed-mean "
-            "curves "
-            "(linear interpolation between evaluated steps; a curve already past X at its first point counts "
-            "that step, an upper bound). X lies the given fraction of the way from the baseline's first to "
-            "its "
-            "final value. Per-seed ratios use the same X on each seed's own curves.",
+            "curves (linear interpolation between evaluated steps; a curve already past X at its first point "
+            "counts that step, an upper bound). X lies the given fraction of the way from the baseline's "
+            "first to its final value (fraction 1: the baseline's final value). Per-seed ratios use the same "
+            "X on each seed's own curves.",
             "",
             *_table(
                 ["metric", "fraction", "X", "baseline steps", "MIRO steps", "speed-up", "per seed"], rows

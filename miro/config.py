@@ -1,8 +1,9 @@
 """Where the Hydra configs live, and composing one outside ``@hydra.main``.
 
 The data stages, the benchmarks and the tests all compose ``conf/<name>.yaml`` with command-line style
-overrides; this is the one place that knows where ``conf/`` is (next to the package in a source
-checkout, which is how MIRO is installed: ``pip install -e .``).
+overrides; this is the one place that knows where ``conf/`` is: the top-level ``conf/`` of a source
+checkout (``make setup`` installs it editable, so edits take effect at once), else the copy a wheel
+carries as ``miro/conf`` (``pip install .``; pyproject.toml lists its groups as packages).
 """
 
 from __future__ import annotations
@@ -16,7 +17,14 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+def find_conf_dir(package_dir: Path) -> Path:
+    """The checkout's ``conf/`` beside ``package_dir`` when there is one, else the installed copy."""
+    checkout, installed = package_dir.parent / "conf", package_dir / "conf"
+    return checkout if (checkout / "train.yaml").is_file() or not installed.is_dir() else installed
+
+
+CONF_DIR = find_conf_dir(Path(__file__).resolve().parent)
 
 
 def compose_config(config_name: str, overrides: Sequence[str] = ()) -> DictConfig:

@@ -291,7 +291,8 @@ class Report:
                 )
                 if metric == f"accuracy {OVERALL}" and f == fractions[-1]:
                     sec.verdicts["speedup"] = (
-                        f"{_ratio(ratio)} on benchmark accuracy (X = {x:.3f}: {_share(f)} the baseline's gain)"
+                        f"{_ratio(ratio)} on benchmark accuracy "
+                        f"(X = {x:.3f}: {_share(f)} the baseline's gain)"
                         if ratio is not None
                         else f"n/a: {'MIRO' if m is None else 'the baseline'} never reaches X = {x:.3f} "
                         "on accuracy"

@@ -318,6 +318,10 @@ def test_report_with_no_runs_lists_them_all(tmp_path: Path) -> None:
     expected = sum(s.study != "data" for s in study.steps())
     assert f"{expected} of {expected} runs are missing" in md
     assert "No convergence results yet" in md and "No final evaluations yet" in md
+    # The study's other sizes are named, whether they were run or not (runs_dir: that scale's default).
+    for scale in ("cpu", "gpu"):
+        run = f"`miro-eval report --run --scale {scale}`"
+        assert f"- `{scale}` scale (conf/report/{scale}.yaml, {run}): " in md
 
 
 def test_cli_report_and_dry_run(synthetic: Study, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

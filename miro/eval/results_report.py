@@ -25,6 +25,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from miro.config import CONF_DIR, compose_config  # noqa: E402
 from miro.data.shards import write_bytes_atomic  # noqa: E402
 from miro.eval.aggregate import (  # noqa: E402
     Spread,
@@ -697,9 +698,25 @@ class Report:
             self.layout.convergence_eval(seed, role, self.study.export_steps[-1]) / "results.json"
         )
 
+    def other_scales(self) -> list[str]:
+        """Whether the study's other sizes (a GPU's, the smoke test's) were run: a CPU report must not
+        leave a reader guessing if a larger version exists."""
+        lines = []
+        for path in sorted((CONF_DIR / "report").glob("*.yaml")):
+            if path.stem in (self.cfg.scale, "test"):
+                continue
+            runs = Path(compose_config("report", [f"report={path.stem}"]).runs_dir)
+            made = runs.is_dir() and any(runs.iterdir())
+            lines.append(
+                f"- `{path.stem}` scale (conf/report/{path.name}, "
+                f"`miro-eval report --run --scale {path.stem}`): "
+                + (f"runs under `{runs}`" if made else f"not run (no saved runs under `{runs}`)")
+            )
+        return [*lines, ""] if lines else []
+
     def machine(self) -> list[str]:
         records = [r for r in read_step_log(self.layout) if r.get("returncode") == 0]
-        lines = ["## Machine and compute", ""]
+        lines = ["## Machine and compute", "", *self.other_scales()]
         if not records:
             return [*lines, "Not recorded: these runs were not made by `miro-eval report --run`.", ""]
         by_machine: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))

@@ -283,6 +283,10 @@ def test_report_tables_hold_the_numbers(synthetic: Study, tmp_path: Path) -> Non
         "| accuracy overall | 0.5 | 0.250 | 3 | 2 | 1.50x |"
     )
     assert "| colorfulness | 1 | 20.000 | 4 | never | n/a (MIRO never reaches X) |" in md
+    # One evaluation's binomial error at MIRO's final 0.6 on 1 image: sqrt(0.6 * 0.4) = 0.490; the gap
+    # between two 2-seed means: 0.490 * sqrt(2 / 2).
+    assert "near 0.60 has a binomial standard error of about 0.490, and the gap between the two 2-seed " \
+        "mean curves one of about 0.490;" in md
     # Control: the alignment sweep's top point over the seeds; both seeds' z but only one above 2.
     assert _row(md, "| 10 |").startswith("| 10 | 0.600 ± 0.141 [0.500, 0.700] |")
     assert _row(md, "| alignment | 0.300 ± 0.000").endswith("| 1/2 | [0, 1] |")

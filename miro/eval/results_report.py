@@ -29,6 +29,7 @@ from miro.config import CONF_DIR, compose_config  # noqa: E402
 from miro.data.shards import write_bytes_atomic  # noqa: E402
 from miro.eval.aggregate import (  # noqa: E402
     Spread,
+    Value,
     across_seeds,
     mean_curve,
     single_sample_matches,
@@ -230,6 +231,7 @@ class Report:
             "Benchmark accuracy (every fact holds) and mean offline rewards against training steps:",
             "",
             *_table(header, rows),
+            *self._evaluation_noise(curves[ROLES[0]][overall], len(cats) - 1),
         ]
         sec.lines += self._plot_link(
             sec,
@@ -255,6 +257,24 @@ class Report:
             *_table(["category", "MIRO", "baseline"], rows),
         ]
         return sec
+
+    def _evaluation_noise(self, miro_accuracy: Sequence[Sequence[Value]], n_categories: int) -> list[str]:
+        """One evaluation's sampling error, so that a reader does not read a crossing of two curves
+        closer than that as a result (the convergence evaluations are small to keep the study cheap)."""
+        final = across_seeds([c[-1] for c in miro_accuracy])
+        conv = self.cfg.eval.convergence
+        images = conv.per_category * conv.samples_per_prompt * n_categories
+        if final.n == 0 or images == 0:
+            return []
+        se = math.sqrt(final.mean * (1 - final.mean) / images)
+        gap = se * math.sqrt(2 / final.n)  # MIRO's seed mean minus the baseline's, similar accuracies
+        return [
+            f"Sampling error: one evaluation scores {images} images, so an accuracy near "
+            f"{final.mean:.2f} has a binomial standard error of about {se:.3f}, and the gap between the "
+            f"two {final.n}-seed mean curves one of about {gap:.3f}; gaps under twice that, and the "
+            "speed-ups read off them, are within the noise.",
+            "",
+        ]
 
     def _speedups(
         self, steps: Sequence[int], curves: dict, metrics: Sequence[str], sec: Section

@@ -291,7 +291,7 @@ def test_report_tables_hold_the_numbers(synthetic: Study, tmp_path: Path) -> Non
     assert _row(md, "| 10 |").startswith("| 10 | 0.600 ± 0.141 [0.500, 0.700] |")
     assert _row(md, "| alignment | 0.300 ± 0.000").endswith("| 1/2 | [0, 1] |")
     # Best-of-N: one MIRO sample matches the baseline's best-of-2 on both seeds.
-    assert "| alignment | up to N = 2, 2 (per seed) |" in md
+    assert "| alignment | N = 2, 2 (per seed) |" in md
     assert _row(md, "| 1 |").startswith("| 1 | 0.450 ± 0.071 | 0.300 ± 0.000 |")
     # GRPO deltas and the paired chunk - step difference (0.1 and 0.15).
     assert _row(md, "| step | n/a").startswith(

@@ -454,10 +454,11 @@ class Report:
             elif max(known) == 0:
                 text = "no: the baseline's single sample is already better"
             else:
-                text = "up to N = " + ", ".join(str(m) for m in known) + " (per seed)"
+                text = "N = " + ", ".join(str(m) for m in known) + " (per seed)"
             matches.append([name, text])
         sec.lines += [
-            "Largest N for which one MIRO sample is at least the baseline's best-of-N:",
+            "Largest N for which one MIRO sample is at least the baseline's best-of-N, per seed (0: the "
+            "baseline's single sample is already better):",
             "",
             *_table(["reward", "single MIRO sample ≥ baseline best-of-N"], matches),
         ]

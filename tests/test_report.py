@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,25 @@ from miro.eval.aggregate import (
 )
 from miro.eval.results_report import write_results_report
 from miro.eval.study import Study, StudyError, compose_study_config, eval_flags, export_steps, run_steps
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_the_study_trains_on_the_data_and_steps_of_make_demo() -> None:
+    """The demo's world is set in the Makefile and the study's in conf/report.yaml (the study does not
+    call make); docs/results.md describes the demo's model only while the two agree."""
+    made = subprocess.run(["make", "-n", "demo"], cwd=REPO, capture_output=True, text=True, check=True)
+    commands = made.stdout.replace("\\\n\t", "")  # continuation lines joined
+    cfg = compose_study_config("cpu", None, None, [])
+    d = cfg.data
+    sizes = " ".join(f"{v:g}" for v in d.object_size)
+    assert (
+        f"--n {d.n} --size {d.size} --max-objects {d.max_objects} --object-size {sizes} --seed {d.seed}"
+        in commands
+    )
+    assert f"n_bins={d.n_bins}" in commands
+    assert f"data.image_size={d.size} trainer.max_steps={cfg.train.steps}" in commands
+
 
 # -- statistics -------------------------------------------------------------------------------------
 

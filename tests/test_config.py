@@ -15,12 +15,18 @@ from miro.config import CONF_DIR, find_conf_dir
 REPO = Path(__file__).resolve().parent.parent
 
 
-def test_every_config_group_is_packaged():
-    """A group missing from pyproject.toml's package list would be missing from the wheel."""
+def test_every_package_and_config_group_is_listed():
+    """pyproject.toml lists the packages by hand (conf/ must be mapped into miro/conf, which discovery
+    cannot do); one missing from the list would be missing from the wheel."""
     setuptools = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
     assert setuptools["package-dir"]["miro.conf"] == "conf"
     groups = {f"miro.conf.{p.name}" for p in CONF_DIR.iterdir() if p.is_dir() and p.name != "__pycache__"}
-    assert groups and groups <= set(setuptools["packages"])
+    code = {
+        ".".join(p.parent.relative_to(REPO).parts)
+        for top in ("miro", "data_prep")
+        for p in (REPO / top).rglob("__init__.py")
+    }
+    assert groups and code and groups | code | {"miro.conf"} == set(setuptools["packages"])
 
 
 def test_a_checkout_uses_its_top_level_conf_else_the_installed_copy(tmp_path):

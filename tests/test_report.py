@@ -367,6 +367,10 @@ def test_cli_report_and_dry_run(synthetic: Study, tmp_path: Path, capsys: pytest
     assert eval_cli.main(["report", "--dry-run", *common]) == 0
     listing = capsys.readouterr().out
     assert "done  seed0/eval/final: python -m miro.cli.eval" in listing and "todo  data/shapes" in listing
+    empty = tmp_path / "empty.md"
+    empty.write_text("the committed report")
+    assert eval_cli.main(["report", *common[:4], "--out", str(empty), f"runs_dir={tmp_path / 'none'}"]) == 2
+    assert "no saved runs under" in capsys.readouterr().err and empty.read_text() == "the committed report"
     assert eval_cli.main(["report", "--scale", "nope"]) == 2
     assert "miro-eval report:" in capsys.readouterr().err
     assert eval_cli.main(["report", "--scale", "test", "--seeds", "1,1", f"runs_dir={runs}"]) == 2

@@ -150,6 +150,12 @@ def report_main(argv: list[str]) -> int:
             position = {step.name: f"[{i}/{len(steps)}]" for i, step in enumerate(steps, start=1)}
             run_steps(steps, study.layout, int(cfg.threads),
                       progress=lambda step, state: print(position[step.name], state, step.name, flush=True))
+        elif not any(step.done() for step in steps if step.study != "data"):
+            # An empty report would replace a committed one (docs/results.md) in a fresh clone.
+            print(f"miro-eval report: no saved runs under {study.layout.root}, so nothing to report and "
+                  f"{cfg.out} is left as it is; --run (make report REPORT_RUN=1) runs the study first",
+                  file=sys.stderr)
+            return 2
         paths = write_results_report(study, cfg.out)
     except (StudyError, ValueError, HydraException) as err:
         print(f"miro-eval report: {err}", file=sys.stderr)

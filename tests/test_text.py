@@ -8,8 +8,8 @@ from miro.models.text import (
     HFTextEncoder,
     WordTextEncoder,
     minilm_model_dir,
-    pad_rows,
 )
+from miro.utils.text_batch import pad_rows
 
 CAPTIONS = ["a red circle on the left", "a small blue square", ""]
 

@@ -39,7 +39,7 @@ from miro.data.samples import (
     to_model_range,
 )
 from miro.data.shards import IMAGE_EXTS, expand_shards, iter_shard
-from miro.models.text import pad_rows
+from miro.utils.text_batch import pad_rows
 
 log = logging.getLogger(__name__)
 

@@ -38,7 +38,7 @@ from PIL import Image
 
 from miro.data.bins import RewardBins
 from miro.data.shards import IMAGE_EXTS
-from miro.models.text import pad_rows
+from miro.utils.text_batch import pad_rows
 
 
 class SampleDecodeError(ValueError):

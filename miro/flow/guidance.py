@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from miro.flow.sampling import VelocityFn
-from miro.models.text import pad_to_length
+from miro.utils.text_batch import pad_to_length
 
 
 def reward_targets(

@@ -24,7 +24,7 @@ from torch import nn
 from miro.data.datamodule import step_seed
 from miro.flow.path import flow_loss, interpolate, sample_timesteps
 from miro.lit.ema import ema_decay_at, update_ema
-from miro.models.text import pad_to_length
+from miro.utils.text_batch import pad_to_length
 
 
 def warmup_cosine(step: int, warmup_steps: int, total_steps: int, min_ratio: float) -> float:

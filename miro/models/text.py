@@ -21,13 +21,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from miro.utils.text_batch import TextBatch, pad_rows
+
 log = logging.getLogger(__name__)
-
-TextBatch = tuple[torch.Tensor, torch.Tensor]
-
 
 class FeatureCache:
     """A bounded LRU map from a key to one caption's real-token features ``[n_tokens, dim]``.
@@ -63,32 +61,6 @@ class FeatureCache:
 
     def clear(self) -> None:
         self._rows.clear()
-
-
-def pad_rows(rows: Sequence[torch.Tensor], dim: int, device: torch.device | str = "cpu") -> TextBatch:
-    """Right-pad per-caption features ``[n_i, dim]`` into ``(tokens [B, L, dim], mask [B, L])``, L = max n_i.
-
-    Padded positions are zero, as every encoder here returns them. Used for encoder outputs, feature
-    caches and cached-shard batches alike, so a batch looks the same whichever path built it."""
-    length = max((r.shape[0] for r in rows), default=0)
-    dtype = rows[0].dtype if rows else torch.float32
-    tokens = torch.zeros(len(rows), length, dim, dtype=dtype, device=device)
-    mask = torch.zeros(len(rows), length, dtype=torch.bool, device=device)
-    for i, row in enumerate(rows):
-        tokens[i, : row.shape[0]] = row
-        mask[i, : row.shape[0]] = True
-    return tokens, mask
-
-
-def pad_to_length(tokens: torch.Tensor, mask: torch.Tensor, length: int) -> TextBatch:
-    """A padded batch ``(tokens [B, L, D], mask [B, L])`` right-padded to ``length`` >= L (zeros, False),
-    so two text batches can be stacked or mixed row by row."""
-    extra = length - tokens.shape[1]
-    if extra < 0:
-        raise ValueError(f"cannot pad {tokens.shape[1]} tokens to {length}")
-    if extra == 0:
-        return tokens, mask
-    return F.pad(tokens, (0, 0, 0, extra)), F.pad(mask, (0, extra), value=False)
 
 
 def _precision_key(device: torch.device) -> torch.dtype | None:

@@ -260,3 +260,16 @@ def test_object_size_options_reach_the_scenes_and_impossible_worlds_are_refused(
     argv = ["shapes", "--out", str(tmp_path), "--n", "3", "--size", "16", "--max-objects", "2"]
     assert data_main(argv) == 2
     assert not list(tmp_path.glob("*.tar"))
+
+
+def test_cli_sizes_that_cannot_be_placed_end_in_one_line_naming_the_sample(tmp_path: Path, capsys) -> None:
+    # 0.4-0.7 passes the spec's side-by-side check, but two such objects rarely fit apart by random
+    # placement: sample 100 of seed 0 is the first that cannot be placed.
+    out = tmp_path / "shards"
+    argv = ["shapes", "--out", str(out), "--n", "200", "--per-shard", "100", "--size", "32",
+            "--max-objects", "2", "--object-size", "0.4", "0.7"]
+    assert data_main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("miro-data: sample 100 (seed 0): could not place 2 objects") and "\n" not in err
+    assert "--object-size" in err
+    assert not (out / "00001.tar").exists() and not (out / "spec.json").exists()

@@ -9,7 +9,14 @@ from pathlib import Path
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from miro.data.shapes import MAX_OBJECTS, SPEC_FILE, ShapesSpec, iter_write_shapes_shards, shapes_up_to_date
+from miro.data.shapes import (
+    MAX_OBJECTS,
+    SPEC_FILE,
+    SceneError,
+    ShapesSpec,
+    iter_write_shapes_shards,
+    shapes_up_to_date,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -65,10 +72,14 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"{pattern}")
         return 0
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns) as progress:
-        task = progress.add_task("shapes samples", total=spec.n)
-        for _, count in iter_write_shapes_shards(spec, args.out, workers=args.workers):
-            progress.advance(task, count)
+    try:
+        with Progress(*columns) as progress:
+            task = progress.add_task("shapes samples", total=spec.n)
+            for _, count in iter_write_shapes_shards(spec, args.out, workers=args.workers):
+                progress.advance(task, count)
+    except SceneError as err:  # sizes that pass the spec's check but leave too little room to place them
+        print(f"miro-data: {err}", file=sys.stderr)
+        return 2
     print(f"Wrote {spec.n} samples in {spec.n_shards} shards: {pattern}")
     return 0
 

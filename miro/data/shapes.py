@@ -68,6 +68,10 @@ MAX_OBJECTS = 4
 MIN_SIZE = 16  # smallest image side; the detector is tested from 24 px up
 
 
+class SceneError(ValueError):
+    """The requested object sizes and count do not fit into the image (raised while sampling a scene)."""
+
+
 @dataclass(frozen=True)
 class ShapeObject:
     """One filled shape; ``size`` is the side of its square bounding box (triangles point up)."""
@@ -149,7 +153,11 @@ def sample_scene(
             placed.append(obj)
         else:
             return Scene(background=background, objects=tuple(placed))
-    raise RuntimeError(f"could not place {n} objects without overlap at size {size} in {max_tries} tries")
+    raise SceneError(
+        f"could not place {n} objects of {lo:.2f}-{top:.2f} of the side apart in a {size} px image in "
+        f"{max_tries} tries; use a smaller minimum object size (--object-size) or fewer objects "
+        "(--max-objects)"
+    )
 
 
 def _place(
@@ -367,7 +375,10 @@ def make_sample(
     scene_rng, caption_rng, degrade_rng, mismatch_rng = (
         np.random.default_rng(s) for s in np.random.SeedSequence([seed, index]).spawn(4)
     )
-    scene = sample_scene(scene_rng, size, max_objects, size_range=size_range, min_object_px=min_object_px)
+    try:
+        scene = sample_scene(scene_rng, size, max_objects, size_range=size_range, min_object_px=min_object_px)
+    except SceneError as err:
+        raise SceneError(f"sample {index} (seed {seed}): {err}") from None
     image = render_scene(scene, size)
     degradations: list[dict[str, Any]] = []
     if degrade_rng.random() < degrade_prob:

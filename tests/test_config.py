@@ -69,3 +69,12 @@ def test_a_wheel_carries_the_configs_and_its_commands_find_them(tmp_path):
         cwd=tmp_path, env=env, capture_output=True, text=True, check=True,
     )
     assert Path(where.stdout.strip()) == site / "miro" / "conf"
+
+
+def test_the_shapes_experiment_trains_as_long_as_make_demo() -> None:
+    """`python -m miro.train +experiment=shapes` by hand and `make demo` train the same default length."""
+    from miro.config import compose_config
+
+    made = subprocess.run(["make", "-n", "demo"], cwd=REPO, capture_output=True, text=True, check=True)
+    steps = compose_config("train", ["+experiment=shapes"]).trainer.max_steps
+    assert f"trainer.max_steps={steps} " in made.stdout.replace("\\\n\t", "")

@@ -23,7 +23,7 @@ from rich.progress import BarColumn, Progress, ProgressColumn, Task, TextColumn,
 from rich.text import Text
 
 from miro.config import compose_config
-from miro.scoring import ScoringConfigError
+from miro.data.shard_stage import StageConfigError
 from miro.usage import usage_errors
 
 # Progress bars and log lines share one console on stderr; stdout carries only the final summary.
@@ -56,7 +56,7 @@ def require(cfg: DictConfig, *keys: str) -> None:
     """Fail with one line naming every required option left at ``???``."""
     missing = [k for k in keys if OmegaConf.is_missing(cfg, k)]
     if missing:
-        raise ScoringConfigError(f"missing required option(s): {' '.join(f'{k}=...' for k in missing)}")
+        raise StageConfigError(f"missing required option(s): {' '.join(f'{k}=...' for k in missing)}")
 
 
 def run_stage(

@@ -16,10 +16,11 @@ skip the JPEG decoder and every frozen encoder (format: :mod:`miro.data.samples`
   small (|x| << 65504), where float16's 3 extra mantissa bits are worth more than bfloat16's range.
   A value that does overflow is caught: the sample is skipped and reported, never written as inf.
 
-Guarantees, as scoring's (:mod:`miro.scoring`): an output shard and its report appear atomically and
-a shard is done when both exist, so a killed run restarted skips finished shards and redoes the one
-in flight (``recompute=true`` redoes all); a sample whose image does not decode, without a caption, or
-whose latent or features are not finite, is left out and listed (key, reason) in ``REPORTS/NAME.json``;
+Guarantees, as scoring's (both run on :mod:`miro.data.shard_stage`): an output shard and its report
+appear atomically and a shard is done when both exist, so a killed run restarted skips finished shards
+and redoes the one in flight (``recompute=true`` redoes all); a sample whose image does not decode,
+without a caption, or whose latent or features are not finite, is left out and listed (key, reason) in
+``REPORTS/NAME.json``;
 under torchrun, rank ``i`` of ``W`` takes shards ``i, i + W, ...`` on ``cuda:LOCAL_RANK``.
 """
 
@@ -49,19 +50,19 @@ from miro.data.samples import (
     encode_array,
     to_model_range,
 )
-from miro.data.shards import (
-    IMAGE_EXTS,
-)
-from miro.models.vae import LatentVAE
-from miro.scoring import (
+from miro.data.shard_stage import (
     RunSummary,
-    ScoringConfigError,
+    StageConfigError,
     StageReport,
     device_for_rank,
     dist_rank_world,
     map_shard,
     run_shards,
 )
+from miro.data.shards import (
+    IMAGE_EXTS,
+)
+from miro.models.vae import LatentVAE
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +70,7 @@ LATENT_MODES = ("mean", "mean_std", "sample")
 CACHED_EXTS = (LATENT_EXT, LATENT_STD_EXT, TEXT_TOKENS_EXT)
 
 
-class CacheConfigError(ScoringConfigError):
+class CacheConfigError(StageConfigError):
     """A caching request that cannot work; the message says what to change."""
 
 

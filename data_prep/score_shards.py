@@ -11,18 +11,12 @@ from collections.abc import Mapping
 from omegaconf import DictConfig
 
 from data_prep import require, run_stage, shard_progress
+from miro.data.shard_stage import device_for_rank, dist_rank_world
 from miro.rewards.base import RewardModel
-from miro.scoring import (
-    RunSummary,
-    build_rewards,
-    device_for_rank,
-    dist_rank_world,
-    reward_specs,
-    score_shards,
-)
+from miro.scoring import ScoringSummary, build_rewards, reward_specs, score_shards
 
 
-def _score(cfg: DictConfig, rewards: Mapping[str, RewardModel], rank: int, world: int) -> RunSummary:
+def _score(cfg: DictConfig, rewards: Mapping[str, RewardModel], rank: int, world: int) -> ScoringSummary:
     kwargs = dict(
         inputs=cfg.input, output_dir=cfg.output, rewards=rewards, batch_size=int(cfg.batch_size),
         report_dir=cfg.report_dir, recompute=bool(cfg.recompute), rank=rank, world_size=world,

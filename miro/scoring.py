@@ -18,6 +18,8 @@ Guarantees the rest of the pipeline builds on:
   shards scored before). ``recompute=True`` scores everything again.
 * **Sharding across processes.** Under torchrun, rank ``i`` of ``W`` takes shards ``i, i + W, ...``.
 
+The shard loop, resuming and the reports are :mod:`miro.data.shard_stage`'s, shared with latent caching.
+
 Rewards are named: scores are stored under the name a reward has in the Hydra group ``conf/rewards``
 (or its registered name when built from a name, see :func:`reward_specs`).
 """
@@ -28,28 +30,19 @@ import io
 import json
 import logging
 import math
-import os
 import tarfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Self, TypeVar
+from typing import Any
 
 import numpy as np
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from PIL import Image
 
-from miro.data.shards import (
-    IMAGE_EXTS,
-    ShardInputError,
-    atomic_shard_writer,
-    expand_shards,
-    file_fingerprint,
-    iter_shard,
-    split_key,
-    write_bytes_atomic,
-)
+from miro.data.shard_stage import RunSummary, StageConfigError, StageReport, map_shard, run_shards
+from miro.data.shards import IMAGE_EXTS, ShardInputError, expand_shards, split_key
 from miro.rewards.base import RewardModel, build_reward, resolve_name
 
 log = logging.getLogger(__name__)
@@ -57,9 +50,9 @@ log = logging.getLogger(__name__)
 REWARDS_EXT = "rewards.json"
 
 
-class ScoringConfigError(ValueError):
-    """A scoring or fitting request that cannot work (no rewards, clashing shard names, bad reward
-    config); the message says what to change."""
+class ScoringConfigError(StageConfigError):
+    """A scoring or fitting request that cannot work (no rewards, bad reward config, scores that
+    cannot be fitted); the message says what to change."""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -137,37 +130,6 @@ def build_rewards(specs: Mapping[str, Mapping[str, Any]], device: str = "cpu") -
 
 # --------------------------------------------------------------------------------------------------
 # Scoring one shard
-
-
-class JsonReport:
-    """A dataclass saved as deterministic JSON (no timings), so a rerun of a stage writes identical
-    reports; shared by the data stages' per-shard reports."""
-
-    def to_bytes(self) -> bytes:
-        return (json.dumps(asdict(self), indent=1, sort_keys=True) + "\n").encode("utf-8")
-
-    @classmethod
-    def load(cls, path: str | Path) -> Self:
-        return cls(**json.loads(Path(path).read_text(encoding="utf-8")))
-
-
-@dataclass(kw_only=True)
-class StageReport(JsonReport):
-    """What a shard stage (scoring, caching) did to one shard; saved as ``REPORTS/NAME.json``.
-
-    Every skipped sample is listed with its key and reason, so a user can find it in the input."""
-
-    shard: str  # file name, the same for input and output
-    input: str
-    input_fingerprint: str = ""  # the input's size:mtime_ns when it was read (resume redoes changed inputs)
-    n_samples: int = 0
-    n_skipped: int = 0
-    skipped: list[dict[str, str]] = field(default_factory=list)  # [{"key", "reason"}]
-
-    def skip(self, key: str, reason: str) -> None:
-        self.n_skipped += 1
-        self.skipped.append({"key": key, "reason": reason})
-        log.warning("%s: skipping sample %s: %s", self.input, key, reason)
 
 
 @dataclass(kw_only=True)
@@ -270,136 +232,17 @@ def score_shard(
     return report
 
 
-T = TypeVar("T")
-
-
-def map_shard(
-    input_path: str | Path,
-    output_path: str | Path,
-    report_path: str | Path,
-    report: StageReport,
-    prepare: Callable[[dict[str, Any]], T | str],
-    process: Callable[[list[T]], Sequence[dict[str, Any] | str]],
-    batch_size: int,
-    on_samples: Callable[[int], None] | None = None,
-) -> None:
-    """Stream one shard through a stage, the loop scoring and caching share.
-
-    ``prepare`` decodes a sample (or says why it cannot be used); ``process`` handles a batch of
-    prepared items and returns, per item, the output sample or the reason it is skipped. Outputs go to
-    a temporary shard renamed into place; the report is written just before that rename, so a shard
-    that exists always has its report (what resuming checks). A damaged sample is skipped and listed;
-    a damaged archive stops the stage with its name.
-    """
-    report.input_fingerprint = file_fingerprint(input_path)
-    with atomic_shard_writer(output_path) as writer:
-        pending: list[tuple[str, T]] = []
-        consumed = 0
-
-        def flush() -> None:
-            nonlocal consumed
-            if pending:
-                outputs = process([item for _, item in pending])
-                for (key, _), out in zip(pending, outputs, strict=True):
-                    if isinstance(out, str):
-                        report.skip(key, out)
-                    else:
-                        writer.write(out)
-                pending.clear()
-            if on_samples is not None:
-                on_samples(consumed)
-            consumed = 0
-
-        try:
-            for sample in iter_shard(input_path):
-                report.n_samples += 1
-                consumed += 1
-                item = prepare(sample)
-                if isinstance(item, str):
-                    report.skip(sample["__key__"], item)
-                    continue
-                pending.append((sample["__key__"], item))
-                if len(pending) >= batch_size:
-                    flush()
-        except tarfile.TarError as err:  # a damaged archive, not a damaged sample: stop and say which
-            raise ShardInputError(f"cannot read shard {input_path}: {err}") from None
-        flush()
-        write_bytes_atomic(report_path, report.to_bytes())
-
-
 # --------------------------------------------------------------------------------------------------
 # Scoring many shards
 
 
 @dataclass
-class RunSummary:
-    """One stage run over many shards: this run's shard reports and the shards an earlier run finished."""
-
-    output_dir: str
-    report_dir: str
-    reports: list[Any]  # the stage's StageReport subclass
-    n_resumed: int = 0  # shards already finished by an earlier run
-
-    def total(self, counter: str) -> int:
-        return sum(getattr(r, counter) for r in self.reports)
-
-    @property
-    def n_skipped(self) -> int:
-        return self.total("n_skipped")
+class ScoringSummary(RunSummary):
+    """A scoring run over many shards; ``n_scored`` counts the samples written with their scores."""
 
     @property
     def n_scored(self) -> int:
         return self.total("n_scored")
-
-
-def dist_rank_world(env: Mapping[str, str] | None = None) -> tuple[int, int]:
-    """(rank, world size) from torchrun's environment; (0, 1) when not distributed."""
-    env = os.environ if env is None else env
-    rank, world = int(env.get("RANK", "0")), int(env.get("WORLD_SIZE", "1"))
-    if world < 1 or not 0 <= rank < world:
-        raise ScoringConfigError(f"invalid RANK={rank} / WORLD_SIZE={world}")
-    return rank, world
-
-
-def device_for_rank(device: str, env: Mapping[str, str] | None = None) -> str:
-    """``cuda`` becomes ``cuda:LOCAL_RANK`` under torchrun, so each process gets its own GPU."""
-    env = os.environ if env is None else env
-    if device == "cuda" and "LOCAL_RANK" in env:
-        return f"cuda:{int(env['LOCAL_RANK'])}"
-    return device
-
-
-def plan_outputs(inputs: Sequence[str], output_dir: str | Path) -> list[tuple[str, Path]]:
-    """(input, output path) per shard; refuses clashing names and writing over an input."""
-    output_dir = Path(output_dir)
-    by_name: dict[str, str] = {}
-    plan = []
-    for path in inputs:
-        name = Path(path).name
-        if name in by_name:
-            raise ScoringConfigError(f"two input shards named {name}: {by_name[name]} and {path}")
-        by_name[name] = path
-        out = output_dir / name
-        if out.resolve() == Path(path).resolve():
-            raise ScoringConfigError(f"output {out} would overwrite input {path}; choose another output dir")
-        plan.append((path, out))
-    return plan
-
-
-def report_path_for(report_dir: str | Path, output: Path) -> Path:
-    return Path(report_dir) / f"{output.name.removesuffix('.tar')}.json"
-
-
-def is_finished(input_path: str | Path, output: Path, report: Path) -> bool:
-    """The output and its report exist, and the report was made from the input as it is now: a shard
-    re-rendered or re-downloaded since (other size or time stamp) is processed again."""
-    if not (output.is_file() and report.is_file()):
-        return False
-    try:
-        made_from = json.loads(report.read_text(encoding="utf-8")).get("input_fingerprint")
-    except (OSError, ValueError):
-        return False
-    return made_from == file_fingerprint(input_path)
 
 
 def score_shards(
@@ -413,7 +256,7 @@ def score_shards(
     world_size: int = 1,
     on_samples: Callable[[int], None] | None = None,
     on_shard: Callable[[int, int, str], None] | None = None,
-) -> RunSummary:
+) -> ScoringSummary:
     """Score this rank's share of ``inputs`` into ``output_dir``, skipping finished shards.
 
     ``on_samples(n)`` is called as samples are processed and ``on_shard(i, total, name)`` before each
@@ -428,63 +271,7 @@ def score_shards(
         ),
         ShardReport.load, skip_finished=True, done="scored", on_shard=on_shard,
     )  # fmt: skip
-    return RunSummary(str(output_dir), str(reports_in), reports, resumed)
-
-
-R = TypeVar("R")
-
-
-def run_shards(
-    inputs: str | Sequence[str],
-    output_dir: str | Path,
-    report_dir: str | Path | None,
-    rank: int,
-    world_size: int,
-    process: Callable[[Path, Path, Path], R],
-    load_report: Callable[[Path], R],
-    skip_finished: bool = True,
-    done: str = "done",
-    on_shard: Callable[[int, int, str], None] | None = None,
-) -> tuple[list[R], int, Path]:
-    """The loop every shard stage shares: this rank's share of ``inputs`` (shard i goes to rank
-    i mod world), each either finished by an earlier run (its report is loaded: resume) or given to
-    ``process(input, output, report_path)``. Returns the reports, how many were resumed, and the report
-    directory (default ``<output_dir>/reports``)."""
-    planned_all = plan_outputs(expand_shards(inputs), output_dir)
-    plan = planned_all[rank::world_size]
-    reports_in = Path(report_dir) if report_dir is not None else Path(output_dir) / "reports"
-    reports: list[R] = []
-    resumed = 0
-    for i, (path, out) in enumerate(plan):
-        report_path = report_path_for(reports_in, out)
-        if on_shard is not None:
-            on_shard(i, len(plan), out.name)
-        if skip_finished and is_finished(path, out, report_path):
-            log.info("%s: already %s, skipping", out, done)
-            reports.append(load_report(report_path))
-            resumed += 1
-        else:
-            reports.append(process(path, out, report_path))
-    if rank == 0:
-        warn_unplanned_outputs(output_dir, reports_in, {out.name for _, out in planned_all})
-    return reports, resumed, reports_in
-
-
-def warn_unplanned_outputs(output_dir: str | Path, report_dir: Path, planned: set[str]) -> None:
-    """Name the shards in ``output_dir`` that this stage wrote (they have a report) from inputs that are
-    no longer given, e.g. after regenerating fewer shards. They are left in place (scoring in parts
-    into one directory is legitimate), but whoever reads the directory would read them too."""
-    stale = sorted(
-        p.name for p in Path(output_dir).glob("*.tar")
-        if p.name not in planned and report_path_for(report_dir, p).is_file()
-    )
-    if stale:
-        shown = ", ".join(stale[:5]) + (f" and {len(stale) - 5} more" if len(stale) > 5 else "")
-        log.warning(
-            "%s also holds %d shard(s) made from inputs not given this time (%s); delete them if they are "
-            "left over from an earlier run, or training and fit-bins will read them too",
-            output_dir, len(stale), shown,
-        )
+    return ScoringSummary(str(output_dir), str(reports_in), reports, resumed)
 
 
 # --------------------------------------------------------------------------------------------------

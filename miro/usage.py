@@ -21,16 +21,16 @@ from hydra.errors import (
 
 from miro.config import CONF_DIR
 from miro.data.prompt_file import PromptFileError
+from miro.data.shard_stage import StageConfigError
 from miro.data.shards import ShardInputError
 from miro.models.vae import MissingVAEError
 from miro.pipeline import RewardSpecError
 from miro.pretrained import CheckpointError
 from miro.rewards.base import UnknownRewardError
 from miro.rewards.weights import MissingWeightsError
-from miro.scoring import ScoringConfigError
 
 USAGE_ERRORS: tuple[type[BaseException], ...] = (
-    ShardInputError, UnknownRewardError, ScoringConfigError, FileNotFoundError, MissingWeightsError,
+    ShardInputError, UnknownRewardError, StageConfigError, FileNotFoundError, MissingWeightsError,
     MissingVAEError, CheckpointError, RewardSpecError, PromptFileError,
 )
 USAGE_EXIT_CODE = 2

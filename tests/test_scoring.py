@@ -17,6 +17,7 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
+from miro.data.shard_stage import StageConfigError, device_for_rank, dist_rank_world, plan_outputs
 from miro.data.shards import ShardInputError, atomic_shard_writer, encode_jpeg, iter_shard
 from miro.rewards.base import RewardModel, UnknownRewardError
 from miro.rewards.offline import CompressibilityReward, SharpnessReward
@@ -24,10 +25,7 @@ from miro.scoring import (
     ScoringConfigError,
     build_rewards,
     decode_rewards,
-    device_for_rank,
-    dist_rank_world,
     encode_rewards,
-    plan_outputs,
     read_scores,
     reward_specs,
     score_shard,
@@ -207,7 +205,7 @@ def test_a_rewritten_input_is_scored_again_and_leftover_outputs_are_named(inputs
     summary = score_shards(str(inputs), tmp_path / "out", {"redness": again})
     assert summary.n_resumed == 2 and again.images > 0
     # fewer inputs than last time: the output left over from the dropped one is named, not deleted
-    with caplog.at_level(logging.WARNING, logger="miro.scoring"):
+    with caplog.at_level(logging.WARNING, logger="miro.data.shard_stage"):
         kept = [str(inputs / "00000.tar"), str(inputs / "00001.tar")]
         score_shards(kept, tmp_path / "out", {"redness": again})
     assert "holds 1 shard(s) made from inputs not given this time (00002.tar)" in caplog.text
@@ -254,17 +252,17 @@ def test_ranks_take_interleaved_shards(inputs, tmp_path):
     assert sorted(p.name for p in (tmp_path / "out").glob("*.tar")) == ["00001.tar"]
     assert dist_rank_world({"RANK": "3", "WORLD_SIZE": "4"}) == (3, 4)
     assert dist_rank_world({}) == (0, 1)
-    with pytest.raises(ScoringConfigError):
+    with pytest.raises(StageConfigError):
         dist_rank_world({"RANK": "4", "WORLD_SIZE": "4"})
     assert device_for_rank("cuda", {"LOCAL_RANK": "2"}) == "cuda:2"
     assert device_for_rank("cpu", {"LOCAL_RANK": "2"}) == "cpu"
 
 
 def test_plan_refuses_clashing_names_and_overwriting_inputs(tmp_path):
-    with pytest.raises(ScoringConfigError, match="two input shards named 00000.tar"):
+    with pytest.raises(StageConfigError, match="two input shards named 00000.tar"):
         plan_outputs(["a/00000.tar", "b/00000.tar"], tmp_path)
     (tmp_path / "00000.tar").write_bytes(b"")
-    with pytest.raises(ScoringConfigError, match="would overwrite input"):
+    with pytest.raises(StageConfigError, match="would overwrite input"):
         plan_outputs([str(tmp_path / "00000.tar")], tmp_path)
 
 

@@ -21,6 +21,8 @@ CPU = torch.device("cpu")
     [
         ({}, 77),
         ({"conv_channels": 8}, 13),
+        ({"unet_channels": [8, 16], "patch_size": 1}, 13),
+        ({"unet_channels": [8, 12, 16], "patch_size": 1}, 3),
         ({"pooled_rewards": True, "pooled_text": False, "mlp_ratio": 2.0}, 5),
     ],
 )

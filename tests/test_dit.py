@@ -43,6 +43,9 @@ def _inputs(batch: int = 3, length: int = 5, image_size: int = 8, channels: int 
     return x, t, tokens, mask, rewards
 
 
+CONV_VARIANTS = [{}, {"conv_channels": 8}, {"unet_channels": [8, 12], "patch_size": 1}]
+
+
 @pytest.mark.parametrize("conv_channels", [0, 8])
 @pytest.mark.parametrize("patch_size", [1, 2, 4])
 def test_output_shape_and_exact_zero_at_init(conv_channels, patch_size):
@@ -53,9 +56,28 @@ def test_output_shape_and_exact_zero_at_init(conv_channels, patch_size):
     assert torch.count_nonzero(out) == 0
 
 
-@pytest.mark.parametrize("conv_channels", [0, 8])
-def test_zero_init_still_learns(conv_channels):
-    model = _model(conv_channels=conv_channels)
+@pytest.mark.parametrize(
+    "unet_channels, patch_size, grid", [([8], 2, 4), ([8, 12], 1, 4), ([8, 12, 16], 2, 1)]
+)
+def test_conv_levels_shape_grid_and_exact_zero_at_init(unet_channels, patch_size, grid):
+    """Each conv level below the first halves the side the transformer's patches are cut from."""
+    model = _model(unet_channels=unet_channels, patch_size=patch_size)
+    assert model.grid_size == grid
+    x, t, tokens, mask, rewards = _inputs()
+    out = model(x, t, tokens, mask, rewards)
+    assert out.shape == x.shape
+    assert torch.count_nonzero(out) == 0
+    trained = _randomize(model).eval()
+    out = trained(x, t, tokens, mask, rewards)
+    assert out.shape == x.shape and torch.isfinite(out).all()
+    changed = rewards.clone()
+    changed[:, 0] = 1.0 - changed[:, 0]
+    assert not torch.allclose(trained(x, t, tokens, mask, changed), out)  # conditioning reaches the pixels
+
+
+@pytest.mark.parametrize("variant", CONV_VARIANTS)
+def test_zero_init_still_learns(variant):
+    model = _model(**variant)
     x, t, tokens, mask, rewards = _inputs()
     loss = (model(x, t, tokens, mask, rewards) - x).pow(2).mean()
     loss.backward()
@@ -82,8 +104,11 @@ def test_sincos_pos_embed_distinct_and_bounded():
         sincos_pos_embed_2d(10, 4)
 
 
-def test_config_round_trip_through_json():
-    model = _randomize(_model(conv_channels=4, reward_dropout=0.1, pooled_text=False))
+@pytest.mark.parametrize(
+    "variant", [{"conv_channels": 4}, {"unet_channels": [4, 8], "patch_size": 1}], ids=["conv", "levels"]
+)
+def test_config_round_trip_through_json(variant):
+    model = _randomize(_model(**variant, reward_dropout=0.1, pooled_text=False))
     config = json.loads(json.dumps(model.to_config()))
     clone = MiroDiT.from_config(config)
     clone.load_state_dict(model.state_dict())
@@ -159,6 +184,12 @@ def test_bad_inputs_raise():
         _model(image_size=10, patch_size=4)
     with pytest.raises(ValueError, match="num_heads"):
         _model(num_heads=3)
+    with pytest.raises(ValueError, match=r"patch_size 2 x 2\^2 \(unet_channels levels\)"):
+        _model(image_size=12, unet_channels=[4, 4, 4])  # the lowest level is 3 px: no whole 2-px patches
+    with pytest.raises(ValueError, match="alternatives"):
+        _model(conv_channels=4, unet_channels=[4])
+    with pytest.raises(ValueError, match="positive"):
+        _model(unet_channels=[4, 0])
 
 
 def test_gradient_checkpointing_gives_identical_gradients():

@@ -29,7 +29,7 @@ RUN_DIR ?= $(DEMO_DIR)/train/$(EXPERIMENT)
 # controls every reward, but draws blobs in the captioned colours; 15 draws partly recognisable shapes
 # (docs/demo.md: nothing tried made shapes in 10 minutes).
 DEMO_MINUTES ?= 6
-STEPS_PER_MINUTE ?= 550
+STEPS_PER_MINUTE ?= 500
 DEMO_STEPS ?= $(shell echo $$(( $(DEMO_MINUTES) * $(STEPS_PER_MINUTE) )))
 PROMPTS ?= conf/prompts/shapes_demo.txt
 ARGS ?=

@@ -122,7 +122,10 @@ def markdown(r: dict) -> str:
         + ".\n\n"
         f"Model: experiment `{r['experiment']}`, {r['parameters_m']}M parameters "
         f"({model['image_size']} px, patch {model['patch_size']}, hidden {model['hidden_size']}, depth "
-        f"{model['depth']}, conv {model['conv_channels']}), "
+        f"{model['depth']}, "
+        + (f"conv levels {list(model['unet_channels'])}" if model.get("unet_channels")
+           else f"conv {model['conv_channels']}")
+        + "), "
         f"rewards {', '.join(r['reward_names']) or 'none'}, "
         f"batch {r['batch_size']}, precision {r['precision']}.\n\n"
         f"| timed steps | s/step | steps/min | samples/s |\n|---:|---:|---:|---:|\n"

@@ -25,9 +25,8 @@ EXPERIMENT ?= shapes
 RUN_DIR ?= $(DEMO_DIR)/train/$(EXPERIMENT)
 # Training length of the demo in minutes of this repo's reference machine (2-core CPU); converted to
 # optimiser steps so that a run is the same on any machine (faster machines just finish sooner).
-# 6 keeps the whole demo, set-up included, under 10 minutes from a fresh clone (9 min 13 s measured) and
-# controls every reward, but draws blobs in the captioned colours; 15 draws partly recognisable shapes
-# (docs/demo.md: nothing tried made shapes in 10 minutes).
+# 6 keeps the whole demo, set-up included, under 10 minutes from a fresh clone (8 min 49 s measured) and
+# draws the captioned shapes and colours (docs/demo.md); STEPS_PER_MINUTE is the demo model's measured rate.
 DEMO_MINUTES ?= 6
 STEPS_PER_MINUTE ?= 500
 DEMO_STEPS ?= $(shell echo $$(( $(DEMO_MINUTES) * $(STEPS_PER_MINUTE) )))
@@ -101,7 +100,7 @@ demo: setup
 
 # GRPO on the demo's model (run make demo first): fine-tune on prompts disjoint from the evaluation's, evaluate the result
 # with the demo's evaluation settings, and compare every reward before and after. RL_REWARD=alignment is
-# the harder case: it did not rise on the 15-minute model (docs/grpo.md).
+# the harder case: it did not rise on the 15-minute patch-4 model (docs/grpo.md).
 RL_EXPERIMENT ?= rl_shapes_chunk
 RL_DIR ?= $(DEMO_DIR)/rl/$(RL_EXPERIMENT)
 RL_REWARD ?= sharpness

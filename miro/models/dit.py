@@ -211,8 +211,9 @@ def _groups(channels: int) -> int:
 
 
 class ConvLevels(nn.Module):
-    """The hourglass around the transformer: ``down`` maps the input to the lowest level's features and
-    the skips; ``up`` maps the transformer's output at the lowest level back to the input's channels."""
+    """The hourglass around the transformer: :meth:`encode` gives one feature map per level (the lowest
+    is cut into the transformer's patches, all are skips), :meth:`decode` takes the transformer's output
+    at the lowest level back up to the input's resolution and channels."""
 
     def __init__(self, in_channels: int, channels: Sequence[int], cond_dim: int) -> None:
         super().__init__()

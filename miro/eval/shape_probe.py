@@ -29,8 +29,10 @@ import numpy as np
 import torch
 
 from miro.data.captions import COLOURS, SHAPES
+from miro.data.samples import to_model_range
 from miro.data.shapes import render_scene, sample_scene
 from miro.data.shards import write_bytes_atomic
+from miro.flow.path import flow_loss, interpolate
 from miro.pipeline import PRECISIONS, MiroPipeline
 from miro.pretrained import CheckpointError
 from miro.rewards.alignment import detect_objects
@@ -102,8 +104,7 @@ def single_object_scenes(
         true.append(f"a {obj.colour} {obj.shape}")
         shape_swapped.append(f"a {obj.colour} {other_shape}")
         colour_swapped.append(f"a {other_colour} {obj.shape}")
-    x0 = torch.stack(images).float() / 127.5 - 1.0
-    return x0, true, shape_swapped, colour_swapped
+    return to_model_range(torch.stack(images)), true, shape_swapped, colour_swapped
 
 
 @torch.no_grad()
@@ -130,10 +131,9 @@ def caption_swap_losses(
         if not 0.0 < t < 1.0:
             raise ValueError(f"flow times must be in (0, 1), got {t}")
         t_batch = torch.full((n,), float(t))
-        x_t = (1 - t) * x0 + t * noise
-        target = noise - x0
+        x_t = interpolate(x0, noise, t_batch)
         loss = {
-            name: float((model(x_t, t_batch, tokens, mask, rewards) - target).pow(2).mean())
+            name: float(flow_loss(model(x_t, t_batch, tokens, mask, rewards), x0, noise))
             for name, (tokens, mask) in captions.items()
         }
         base = loss["true"]

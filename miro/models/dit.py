@@ -334,10 +334,8 @@ class MiroDiT(nn.Module):
             if pooled_rewards and reward_names else None
         )
         self.blocks = nn.ModuleList(DiTBlock(hidden_size, num_heads, mlp_ratio) for _ in range(depth))
-        head_features = in_channels
-        if unet_channels or conv_channels > 0:
-            head_features = unet_channels[-1] if unet_channels else conv_channels
-        self.final = FinalLayer(hidden_size, patch_size, head_features)
+        # The transformer's output has the channels its input had: pixels, the stem's or the lowest level's.
+        self.final = FinalLayer(hidden_size, patch_size, embed_in)
         self.head: nn.Module | None = None
         if conv_channels > 0:
             self.head = nn.Sequential(
@@ -536,5 +534,5 @@ def flops_per_image(model: MiroDiT, text_length: int) -> float:
         + 2 * n * d * mlp  # MLP
     )
     macs += cfg["depth"] * block
-    macs += 2 * d * d + n * d * p * p * (levels[-1] if levels else conv or c_in)  # final layer
+    macs += 2 * d * d + n * d * p * p * embed_in  # final layer
     return 2.0 * macs

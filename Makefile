@@ -75,9 +75,9 @@ train: setup
 
 # The same prompts and seeds at every reward target high, then every target low.
 samples: setup
-	$(VENV)/bin/miro-generate --checkpoint $(RUN_DIR)/export --prompts-file $(PROMPTS) --n 4 --precision bf16 \
+	$(VENV)/bin/miro-generate --checkpoint $(RUN_DIR)/export --prompts-file $(PROMPTS) --n 4 \
 		--rewards alignment=10,sharpness=10,colorfulness=10,compressibility=10 --out $(DEMO_DIR)/samples/high
-	$(VENV)/bin/miro-generate --checkpoint $(RUN_DIR)/export --prompts-file $(PROMPTS) --n 4 --precision bf16 \
+	$(VENV)/bin/miro-generate --checkpoint $(RUN_DIR)/export --prompts-file $(PROMPTS) --n 4 \
 		--rewards alignment=0,sharpness=0,colorfulness=0,compressibility=0 --out $(DEMO_DIR)/samples/low
 
 eval: setup

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
-import platform
 import tempfile
 import time
 from collections.abc import Callable
@@ -335,7 +334,11 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     dtype = resolve_dtype(args.dtype, device)
-    machine = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+    from miro.utils.hardware import cpu_info
+    from miro.utils.machine import cpu_name
+
+    cpu = cpu_info()
+    machine = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{cpu_name()} ({cpu.kind})"
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         build = builders(args.tiny, args.vqa_size, Path(tmp))
@@ -358,6 +361,8 @@ def main(argv: list[str] | None = None) -> int:
                 "tiny": args.tiny,
                 "image_size": args.image_size,
                 "torch": torch.__version__,
+                "threads": torch.get_num_threads(),
+                "cpu_kind": cpu.kind,
             }
             print(json.dumps(row), flush=True)
             results.append(row)

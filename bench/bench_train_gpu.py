@@ -23,9 +23,13 @@ FLOPs, counted two ways:
   reference network, whose code is not ours, is counted. For the DiT the two counts agree exactly
   (``tests/test_bench_flops.py``).
 
-A training step costs 3 forward passes' FLOPs (backward = 2x forward for every matrix product); the
-reference recipe adds, on 90% of samples, a no-grad forward for latent self-conditioning, counted
-too. MFU = counted training FLOPs x images/s / peak, with the peak the H100 SXM's dense bf16 989
+A training step's FLOPs are counted by PyTorch over one whole step as it runs (forward, backward and
+any extra forward): 3 forwards for the DiT (backward = 2x forward for every matrix product); the
+reference recipe's latent self-conditioning pass runs on the whole batch with autograd (then keeps
+90% of it), so its step counts 4 forwards. Compiled rows reset dynamo first (all DiT sizes share one
+``forward`` and would otherwise hit its recompile limit and run eager) and record how many graphs
+were compiled; a compiled row without any is an error. MFU = counted training FLOPs x images/s /
+peak, with the peak the H100 SXM's dense bf16 989
 TFLOP/s (``--peak-tflops`` for other GPUs). Gradient checkpointing would not change it (recomputation
 is not model FLOPs); it is off here.
 
@@ -92,6 +96,12 @@ REFERENCE_NETWORK: dict[str, Any] = dict(
     coherence_keys=REFERENCE_KEYS,
 )
 REFERENCE_SELF_COND_RATE = 0.9
+# A tiny reference network of the same class for the CPU smoke test (tests/test_bench_smoke.py).
+REFERENCE_TINY: dict[str, Any] = {
+    **REFERENCE_NETWORK, "data_dim": 32, "num_latents": 16, "latents_dim": 64, "num_processing_layers": 1,
+    "num_blocks": 1, "read_write_heads": 2, "compute_heads": 2, "num_text_registers": 2,
+    "num_cond_tokens": 7 + 2 + TEXT_LEN,
+}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -147,6 +157,37 @@ def text_inputs(
     )
 
 
+def compiled(model: nn.Module, compile: bool) -> nn.Module:
+    """``torch.compile(model)`` after resetting dynamo, or the model itself.
+
+    Every DiT size shares ``MiroDiT.forward``'s code object, so without a reset the third size hits
+    dynamo's recompile limit (8 guards per code object) and silently runs eager while its row says
+    "compiled". :func:`compile_record` then proves that this configuration really compiled."""
+    if not compile:
+        return model
+    torch._dynamo.reset()
+    return torch.compile(model)
+
+
+def compile_record(compile: bool) -> dict[str, Any]:
+    """Graphs dynamo compiled since the last reset (0 for eager rows); a compiled row with none is an
+    error."""
+    if not compile:
+        return {"compiled_graphs": 0}
+    from torch._dynamo.utils import counters
+
+    graphs = int(counters["stats"]["unique_graphs"])
+    if graphs == 0:
+        raise RuntimeError("torch.compile compiled no graph: the row would be eager")
+    return {"compiled_graphs": graphs, "graph_breaks": int(sum(counters["graph_break"].values()))}
+
+
+def counted_step_flops(step: Callable[[], Any], batch: int) -> float:
+    """FLOPs per image of one whole training step as it runs (forward, every extra forward such as
+    self-conditioning, backward), counted by PyTorch: nothing is assumed about what the step does."""
+    return counted_flops(step) / batch
+
+
 def ema_step(ema: list[torch.Tensor], params: list[torch.Tensor], decay: float = 0.9999) -> None:
     with torch.no_grad():
         torch._foreach_lerp_(ema, params, 1.0 - decay)
@@ -166,7 +207,8 @@ def build_dit(size: str, device: torch.device, text_len: int = TEXT_LEN, **overr
 
 
 def bench_dit_train(
-    size: str, batch: int, compile: bool, steps: int, warmup: int, device: torch.device, **overrides: Any
+    size: str, batch: int, compile: bool, steps: int, warmup: int, device: torch.device,
+    dtype: torch.dtype = torch.bfloat16, **overrides: Any,
 ) -> dict[str, Any]:
     from miro.flow.path import flow_loss, interpolate, sample_timesteps
 
@@ -174,7 +216,7 @@ def bench_dit_train(
     model = build_dit(size, device, **overrides).train()
     ema = [p.detach().clone() for p in model.parameters()]
     params = list(model.parameters())
-    forward = torch.compile(model) if compile else model
+    forward = compiled(model, compile)
     optimizer = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.01, fused=device.type == "cuda")
     x0 = torch.randn(batch, *LATENT, device=device)
     tokens, mask = text_inputs(batch, device)
@@ -183,7 +225,7 @@ def bench_dit_train(
     def step() -> None:
         t = sample_timesteps(batch, 0.0, 1.0, 1.0, device=device)
         noise = torch.randn_like(x0)
-        with torch.autocast(device.type, dtype=torch.bfloat16):
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
             v = forward(interpolate(x0, noise, t), t, tokens, mask, rewards, None)
         flow_loss(v.float(), x0, noise).backward()
         optimizer.step()
@@ -191,6 +233,16 @@ def bench_dit_train(
         ema_step(ema, params)
 
     seconds = seconds_per_call(step, warmup, steps, device)
+    compiled_info = compile_record(compile)
+
+    def eager_step() -> None:  # the same step through the eager model, for the FLOP counter
+        t = sample_timesteps(batch, 0.0, 1.0, 1.0, device=device)
+        noise = torch.randn_like(x0)
+        v = model(interpolate(x0, noise, t), t, tokens, mask, rewards, None)
+        flow_loss(v.float(), x0, noise).backward()
+        optimizer.zero_grad(set_to_none=True)
+
+    train_counted = counted_step_flops(eager_step, batch)
     model.eval()
     one = (x0[:1], torch.full((1,), 0.5, device=device), tokens[:1], mask[:1], rewards[:1], None)
     fwd = counted_flops(lambda: model(*one))
@@ -203,30 +255,34 @@ def bench_dit_train(
         compile,
         seconds,
         fwd,
-        3 * fwd,
+        train_counted,
         device,
-        analytic_forward_gflop=round(flops_per_image(model, TEXT_LEN) / 1e9, 2),
+        analytic_forward_gflop=round(flops_per_image(model, TEXT_LEN) / 1e9, 4),
+        **compiled_info,
     )
 
 
 @torch.no_grad()
-def bench_dit_generate(size: str, batch: int, compile: bool, device: torch.device, repeats: int = 3) -> dict:
+def bench_dit_generate(
+    size: str, batch: int, compile: bool, device: torch.device, repeats: int = 3,
+    dtype: torch.dtype = torch.bfloat16,
+) -> dict:
     from miro.flow.guidance import guided_velocity_fn
     from miro.flow.sampling import sample_euler
 
     model = build_dit(size, device).eval()
-    forward = torch.compile(model) if compile else model
+    forward = compiled(model, compile)
     tokens, mask = text_inputs(batch, device)
     high = torch.ones(batch, len(REWARDS), device=device)
     velocity = guided_velocity_fn(forward, tokens, mask, high, scale=GUIDANCE)
     noise = torch.randn(batch, *LATENT, device=device)
 
     def generate() -> None:
-        with torch.autocast(device.type, dtype=torch.bfloat16):
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
             sample_euler(velocity, noise, steps=SAMPLING_STEPS)
 
     seconds = seconds_per_call(generate, 1, repeats, device)
-    return _generate_result(f"DiT-{size}", batch, compile, seconds)
+    return {**_generate_result(f"DiT-{size}", batch, compile, seconds), **compile_record(compile)}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -273,6 +329,7 @@ def bench_reference_train(
     warmup: int,
     device: torch.device,
     network: dict[str, Any] | None = None,
+    dtype: torch.dtype = torch.bfloat16,
 ) -> dict[str, Any]:
     reset_memory(device)
     config = network or REFERENCE_NETWORK
@@ -281,7 +338,7 @@ def bench_reference_train(
     precond = precond.to(device)
     params = [p for p in [*net.parameters(), *precond.parameters()] if p.requires_grad]
     ema = [p.detach().clone() for p in params]
-    forward = torch.compile(net) if compile else net
+    forward = compiled(net, compile)
     uncond = torch.zeros(TEXT_LEN, TEXT_DIM, device=device)
     loss_fn = ref.loss.FlowMatchingLoss(
         ref.scheduler.LinearScheduler(),
@@ -296,7 +353,7 @@ def bench_reference_train(
 
     def step() -> None:
         data = {**fixed, "x_0": x0}
-        with torch.autocast(device.type, dtype=torch.bfloat16):
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
             loss, _ = loss_fn(precond, forward, None, data, 0)
         loss.float().mean().backward()
         optimizer.step()
@@ -304,12 +361,23 @@ def bench_reference_train(
         ema_step(ema, params)
 
     seconds = seconds_per_call(step, warmup, steps, device)
+    compiled_info = compile_record(compile)
+
+    def eager_step() -> None:  # what one step runs, self-conditioning pass included, for the counter
+        loss, _ = loss_fn(precond, net, None, {**fixed, "x_0": x0}, 0)
+        loss.float().mean().backward()
+        optimizer.zero_grad(set_to_none=True)
+
+    # Counted, not assumed: the reference's self-conditioning forward runs on the whole batch with
+    # autograd on (then keeps 90 % of it), so a step is 4 forwards' worth, not 3 + 0.9.
+    train = counted_step_flops(eager_step, batch)
     net.eval()
     one = {**reference_batch(1, device), "y": x0[:1], "gamma": torch.full((1,), 0.5, device=device)}
     fwd = counted_flops(lambda: precond(net, dict(one)))
-    train = (3 + REFERENCE_SELF_COND_RATE) * fwd
     n_params = sum(p.numel() for p in net.parameters()) + sum(p.numel() for p in precond.parameters())
-    return _train_result("miro-t2i RIN (reference)", n_params, batch, compile, seconds, fwd, train, device)
+    return _train_result(
+        "miro-t2i RIN (reference)", n_params, batch, compile, seconds, fwd, train, device, **compiled_info
+    )
 
 
 @torch.no_grad()
@@ -377,9 +445,10 @@ def _train_result(
         "compile": compile,
         "seconds_per_step": round(seconds, 4),
         "samples_per_s": round(images_s, 1),
-        "forward_gflop_per_image": round(fwd / 1e9, 2),
-        "train_gflop_per_image": round(train / 1e9, 2),
+        "forward_gflop_per_image": round(fwd / 1e9, 4),
+        "train_gflop_per_image": round(train / 1e9, 4),
         "achieved_tflops": round(train * images_s / 1e12, 1),
+        "achieved_tflops_unrounded": train * images_s / 1e12,  # MFU is computed from this one
         "peak_memory_gib": peak_memory_gib(device),
         **extra,
     }
@@ -398,15 +467,24 @@ def _generate_result(name: str, batch: int, compile: bool, seconds: float) -> di
 
 
 def with_mfu(rows: list[dict[str, Any]], peak_tflops: float) -> list[dict[str, Any]]:
-    return [{**r, "mfu_percent": round(100 * r["achieved_tflops"] / peak_tflops, 1)} for r in rows]
+    """MFU from the unrounded throughput (rounding TFLOP/s to 0.1 first moved small rows' MFU by up to
+    ~0.005 % of peak, and a 0.04 TFLOP/s CPU smoke row to 0)."""
+    out = []
+    for r in rows:
+        exact = r.get("achieved_tflops_unrounded", r["achieved_tflops"])
+        row = {k: v for k, v in r.items() if k != "achieved_tflops_unrounded"}
+        out.append({**row, "mfu_percent": round(100 * exact / peak_tflops, 3)})
+    return out
 
 
 def markdown(r: dict[str, Any]) -> str:
     m = r["machine"]
     lines = [
         "# GPU training and generation speed (cc12m networks)\n",
-        f"Measured {r['date']} with `{r['command']}` on **{m.get('gpu', '?')}** (torch {m['torch']}).",
-        f"Training: 4x32x32 latents, {TEXT_LEN} text tokens x {TEXT_DIM}, 7 rewards, bf16 autocast, "
+        f"Measured {r['date']} with `{r['command']}` on **{m.get('gpu') or m['cpu']}**"
+        f" (CPU kind {m['cpu_kind']}, torch {m['torch']}).",
+        f"Training: 4x32x32 latents, {TEXT_LEN} text tokens x {TEXT_DIM}, 7 rewards, "
+        f"{r.get('precision', {}).get('used', 'bf16')} on {r.get('device', 'cuda')}, "
         f"fused AdamW, EMA; MFU against {r['peak_tflops']} TFLOP/s. FLOP counting: the docstring of "
         "bench/bench_train_gpu.py.\n",
         "| network | params (M) | batch | compile | samples/s | GFLOP/img (train) | TFLOP/s | MFU % "
@@ -455,7 +533,9 @@ def run_reference(args: argparse.Namespace, device: torch.device) -> dict[str, l
     name = "miro-t2i RIN (reference)"
     train = [
         _guarded(
-            lambda c=c: bench_reference_train(ref, args.batch, c, args.steps, args.warmup, device),
+            lambda c=c: bench_reference_train(
+                ref, args.batch, c, args.steps, args.warmup, device, args.network, args.dtype
+            ),
             network=name,
             batch_size=args.batch,
             compile=c,
@@ -464,7 +544,8 @@ def run_reference(args: argparse.Namespace, device: torch.device) -> dict[str, l
     ]
     generate = [
         _guarded(
-            lambda b=b: bench_reference_generate(ref, b, device), network=name, batch_size=b, compile=False
+            lambda b=b: bench_reference_generate(ref, b, device, network=args.network),
+            network=name, batch_size=b, compile=False,
         )
         for b in args.gen_batch
     ]
@@ -484,17 +565,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--peak-tflops", type=float, default=PEAK_BF16_TFLOPS)
     parser.add_argument("--reference-dir", type=Path, default=None, help="pip --target dir of miro-t2i")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    parser.add_argument("--device", default="cuda",
+                        help="cuda; cpu only for a smoke run of the script (its numbers are no GPU numbers)")
+    parser.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"],
+                        help="autocast dtype (auto: bf16 where the device computes it natively)")
+    parser.add_argument("--reference-network", choices=["released", "tiny"], default="released")
     parser.add_argument("--reference-worker", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.compile = [c == "on" for c in args.compile]
-    if not torch.cuda.is_available():
+    if args.device == "cuda" and not torch.cuda.is_available():
         print(
-            "error: bench_train_gpu.py measures GPU speed and needs CUDA, which this machine does not have.",
+            "error: bench_train_gpu.py measures GPU speed and needs CUDA, which this machine does not have "
+            "(--device cpu runs it as a smoke test).",
             file=sys.stderr,
         )
         return 2
-    device = torch.device("cuda")
-    torch.backends.cuda.matmul.allow_tf32 = True
+    device = torch.device(args.device)
+    from miro.utils.hardware import resolve_precision
+
+    precision = resolve_precision(args.precision, device)
+    args.dtype = torch.bfloat16 if precision.name == "bf16" else torch.float32
+    args.network = REFERENCE_TINY if args.reference_network == "tiny" else REFERENCE_NETWORK
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
     if args.reference_worker is not None:  # the child process: the reference network only
         args.reference_worker.write_text(json.dumps(run_reference(args, device)))
         return 0
@@ -506,7 +599,9 @@ def main(argv: list[str] | None = None) -> int:
         for c in args.compile:
             train.append(
                 _guarded(
-                    lambda s=size, c=c: bench_dit_train(s, args.batch, c, args.steps, args.warmup, device),
+                    lambda s=size, c=c: bench_dit_train(
+                        s, args.batch, c, args.steps, args.warmup, device, args.dtype
+                    ),
                     network=f"DiT-{size}",
                     batch_size=args.batch,
                     compile=c,
@@ -516,7 +611,7 @@ def main(argv: list[str] | None = None) -> int:
         for b in args.gen_batch:
             generate.append(
                 _guarded(
-                    lambda s=size, b=b: bench_dit_generate(s, b, args.compile[-1], device),
+                    lambda s=size, b=b: bench_dit_generate(s, b, args.compile[-1], device, dtype=args.dtype),
                     network=f"DiT-{size}",
                     batch_size=b,
                     compile=args.compile[-1],
@@ -554,6 +649,8 @@ def main(argv: list[str] | None = None) -> int:
         "command": "python bench/bench_train_gpu.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "machine": machine(),
         "peak_tflops": args.peak_tflops,
+        "device": str(device),
+        "precision": {"requested": precision.requested, "used": precision.name, "reason": precision.reason},
         "train": with_mfu([t for t in train if "error" not in t], args.peak_tflops)
         + [t for t in train if "error" in t],
         "generate": generate,

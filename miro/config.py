@@ -15,7 +15,9 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from miro.utils.hardware import ThreadsChoice, apply_threads
 
 
 def find_conf_dir(package_dir: Path) -> Path:
@@ -32,6 +34,55 @@ def compose_config(config_name: str, overrides: Sequence[str] = ()) -> DictConfi
     GlobalHydra.instance().clear()  # a previous compose (or @hydra.main) may still hold the singleton
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return compose(config_name=config_name, overrides=list(overrides))
+
+
+def _trainer_device(trainer: DictConfig | None) -> str:
+    """The torch device type a trainer config computes on (Lightning's accelerator names)."""
+    accelerator = str((trainer or {}).get("accelerator", "cpu"))
+    if accelerator == "auto":
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return "cuda" if accelerator in ("gpu", "cuda") else accelerator
+
+
+def resolve_compute(cfg: DictConfig) -> dict:
+    """Pin the threads and turn every ``precision: auto`` into what runs on this machine, in place:
+    ``trainer.precision`` becomes bf16-mixed where the accelerator computes bf16 natively, else 32-true;
+    GRPO's ``module.precision`` (its rollouts' autocast) becomes bf16 or fp32 the same way. Prints the
+    choice and returns the record the run stores (compute.json). Training and GRPO call it first."""
+    from miro.utils.hardware import compute_record, describe, resolve_precision
+
+    threads = set_threads(cfg.get("threads"))
+    device = _trainer_device(cfg.get("trainer"))
+    choices = {}
+    with open_dict(cfg):
+        for group, spelled in (("trainer", "lightning"), ("module", "name")):
+            node = cfg.get(group)
+            if node is None or node.get("precision") is None:
+                continue
+            choice = resolve_precision(str(node.precision), device)
+            if str(node.precision) == "auto":
+                node.precision = getattr(choice, spelled)
+            choices[group] = choice
+    shown = choices.get("module") or choices.get("trainer")  # GRPO's network runs under the module's
+    print(f"{cfg.get('task_name', 'run')}: {describe(shown, threads)}")
+    record = compute_record(shown, threads)
+    record["precision_by_group"] = {group: c.name for group, c in choices.items()}
+    return record
+
+
+def write_compute_record(cfg: DictConfig, record: dict) -> Path:
+    """``<output_dir>/compute.json``: the CPU, precision and threads this run computed with, and why."""
+    import json
+
+    out = Path(cfg.paths.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "compute.json"
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(record, indent=2) + "\n")
+    tmp.replace(path)
+    return path
 
 
 def prepare_run_dir(cfg: DictConfig) -> Path:
@@ -59,19 +110,14 @@ def instantiate_group(cfg: DictConfig, group: str) -> list:
     return out
 
 
-def set_threads(threads: int | None) -> None:
-    """Pin torch's intra-op threads (None: leave torch's default, one per core).
+def set_threads(threads: int | str | None) -> ThreadsChoice:
+    """Pin torch's intra-op threads: a number, or ``auto``/None (one per core that other processes are not
+    using at start-up, or OMP_NUM_THREADS). Returns the choice and its reason, to print and record.
 
     On a small shared machine torch's OpenMP pool spins on every core; when another process also runs,
-    each step can stall 3-70x (measured on the 2-core reference box). One thread per job is then faster.
+    each step can stall 3-70x (measured on the 2-core reference box), so auto leaves busy cores out.
     """
-    if threads is None:
-        return
-    if int(threads) < 1:
-        raise ValueError(f"threads must be >= 1 (or null for torch's default), got {threads}")
-    import torch
-
-    torch.set_num_threads(int(threads))
+    return apply_threads(threads)
 
 
 def quiet_eval_mode_warning() -> None:

@@ -12,7 +12,14 @@ import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from miro.config import CONF_DIR, instantiate_group, prepare_run_dir, quiet_eval_mode_warning, set_threads
+from miro.config import (
+    CONF_DIR,
+    instantiate_group,
+    prepare_run_dir,
+    quiet_eval_mode_warning,
+    resolve_compute,
+    write_compute_record,
+)
 from miro.usage import usage_errors
 
 log = logging.getLogger("miro.train")
@@ -22,7 +29,7 @@ quiet_eval_mode_warning()
 def build(cfg: DictConfig) -> tuple[L.LightningModule, L.LightningDataModule, L.Trainer]:
     """Instantiate module, data and trainer from a composed config (tests call this directly)."""
     L.seed_everything(cfg.seed, workers=True)
-    set_threads(cfg.get("threads"))
+    write_compute_record(cfg, resolve_compute(cfg))
     reward_names = list(cfg.reward_names)
     datamodule = instantiate(cfg.data, reward_names=reward_names)
     text_encoder = instantiate(cfg.text_encoder)

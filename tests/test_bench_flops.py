@@ -62,17 +62,20 @@ def test_dit_flops_by_hand() -> None:
 
 def test_training_step_timing_reports_consistent_numbers() -> None:
     result = bench.bench_dit_train("tiny", batch=2, compile=False, steps=2, warmup=1, device=CPU)
-    assert result["train_gflop_per_image"] == pytest.approx(3 * result["forward_gflop_per_image"], abs=0.011)
+    # counted over the step as it runs: at most 3 forwards (the backward skips the inputs' gradients)
+    assert 2.5 * result["forward_gflop_per_image"] < result["train_gflop_per_image"]
+    assert result["train_gflop_per_image"] <= 3 * result["forward_gflop_per_image"]
     assert result["samples_per_s"] == pytest.approx(2 / result["seconds_per_step"], rel=0.01, abs=0.051)
     assert result["analytic_forward_gflop"] == result["forward_gflop_per_image"]
     [row] = bench.with_mfu([result], peak_tflops=1.0)
-    assert row["mfu_percent"] == pytest.approx(100 * result["achieved_tflops"], abs=0.05)
+    assert row["mfu_percent"] == pytest.approx(100 * result["achieved_tflops_unrounded"], abs=0.001)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal is for machines without CUDA")
 def test_refuses_without_cuda(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     assert bench.main(["--out", str(tmp_path)]) == 2
     assert capsys.readouterr().err.strip() == (
-        "error: bench_train_gpu.py measures GPU speed and needs CUDA, which this machine does not have."
+        "error: bench_train_gpu.py measures GPU speed and needs CUDA, which this machine does not have "
+        "(--device cpu runs it as a smoke test)."
     )
     assert not list(tmp_path.iterdir())

@@ -21,12 +21,14 @@ def restore_threads() -> Iterator[None]:
     torch.set_num_threads(before)
 
 
-def test_set_threads() -> None:
-    set_threads(2)
+def test_set_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert set_threads(2).threads == 2
     assert torch.get_num_threads() == 2
-    set_threads(None)  # leaves it alone
-    assert torch.get_num_threads() == 2
-    with pytest.raises(ValueError, match="threads must be >= 1"):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr("miro.utils.hardware.busy_cores", lambda window_s=0.25: 64.0)  # a busy machine
+    choice = set_threads(None)  # None and "auto": one per free core, at least one
+    assert choice.threads == torch.get_num_threads() == 1 and "busy" in choice.reason
+    with pytest.raises(ValueError, match="threads must be a positive integer or auto"):
         set_threads(0)
 
 
@@ -35,7 +37,7 @@ def test_training_config_sets_threads(scored_shapes: Path, tmp_path: Path) -> No
     cfg = compose_config("train", ["+experiment=shapes", *_overrides(scored_shapes, tmp_path), "threads=2"])
     build(cfg)
     assert torch.get_num_threads() == 2
-    assert compose_config("rl", []).threads is None
+    assert compose_config("rl", []).threads == "auto"
 
 
 def test_generate_cli_takes_threads(tmp_path: Path) -> None:
@@ -49,4 +51,4 @@ def test_generate_cli_takes_threads(tmp_path: Path) -> None:
 def test_a_bad_thread_count_is_a_usage_error(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(SystemExit) as info:
         generate_cli.main(["--checkpoint", "x", "--prompt", "x", "--threads", "0", "--out", str(tmp_path)])
-    assert info.value.code == 2 and "--threads: must be a positive integer" in capsys.readouterr().err
+    assert info.value.code == 2 and "--threads: must be a positive integer or auto" in capsys.readouterr().err

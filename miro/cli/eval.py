@@ -17,7 +17,7 @@ from pathlib import Path
 from hydra.errors import HydraException
 from rich.progress import Progress
 
-from miro.cli import threads_arg
+from miro.cli import PRECISION_HELP, THREADS_HELP, threads_arg
 from miro.config import set_threads
 from miro.eval.compare import CompareError, compare, load_results, write_comparison
 from miro.eval.report import write_report
@@ -28,6 +28,7 @@ from miro.pipeline import PRECISIONS, MiroPipeline
 from miro.pretrained import CheckpointError
 from miro.rewards.base import RewardModel, UnknownRewardError
 from miro.scoring import build_rewards, reward_specs
+from miro.utils.hardware import describe
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,11 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help='caption of the negative branch ("" = empty text; default: the prompt itself)')
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--precision", choices=PRECISIONS, default="bf16",
-                   help="network precision while sampling (bf16: autocast, 2.5x faster on CPU)")
+    p.add_argument("--precision", choices=PRECISIONS, default="auto", help=PRECISION_HELP)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=threads_arg, default=None,
-                   help="torch CPU threads (default: one per core; 1 when other jobs share the machine)")
+    p.add_argument("--threads", type=threads_arg, default="auto", help=THREADS_HELP)
     return p
 
 
@@ -173,9 +172,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     try:
-        set_threads(args.threads)
+        threads = set_threads(args.threads)
         settings = settings_from_args(args)
         pipe = MiroPipeline.from_pretrained(args.checkpoint, args.device, args.precision)
+        print(f"miro-eval: {describe(pipe.precision_choice, threads)}")
         baseline = None
         if args.baseline:
             baseline = MiroPipeline.from_pretrained(args.baseline, args.device, args.precision)

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 from rich.progress import Progress
 
-from miro.cli import threads_arg
+from miro.cli import PRECISION_HELP, THREADS_HELP, threads_arg
 from miro.config import set_threads
 from miro.data.prompt_file import PromptFileError, read_prompt_file
 from miro.pipeline import (
@@ -27,6 +27,7 @@ from miro.pipeline import (
 )
 from miro.pretrained import WEIGHTS, CheckpointError, file_hash
 from miro.rewards.base import available_rewards
+from miro.utils.hardware import compute_record, describe
 
 
 def _epilog() -> str:
@@ -58,11 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=None, help="Euler steps (default: the model's)")
     p.add_argument("--seed", type=int, default=0, help="image i of the run uses seed + i")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
-                   help="network precision while sampling (bf16: autocast, 2.5x faster on CPU)")
+    p.add_argument("--precision", choices=PRECISIONS, default="auto", help=PRECISION_HELP)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=threads_arg, default=None,
-                   help="torch CPU threads (default: one per core; 1 when other jobs share the machine)")
+    p.add_argument("--threads", type=threads_arg, default="auto", help=THREADS_HELP)
     p.add_argument("--out", type=Path, required=True, help="output directory")
     return p
 
@@ -92,9 +91,10 @@ def read_prompts(args: argparse.Namespace) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        set_threads(args.threads)
+        threads = set_threads(args.threads)
         prompts = read_prompts(args)
         pipe = MiroPipeline.from_pretrained(args.checkpoint, args.device, args.precision)
+        print(f"miro-generate: {describe(pipe.precision_choice, threads)}")
         targets = parse_reward_spec(args.rewards, pipe.reward_names)
         negatives = negative_targets(
             pipe.reward_names, targets, args.negative_rewards, pipe.sampling()["guided_rewards"]
@@ -112,7 +112,8 @@ def main(argv: list[str] | None = None) -> int:
         "negative_prompt": args.negative_prompt,
         "guidance": sampling["guidance"],
         "steps": sampling["steps"],
-        "precision": args.precision,
+        "precision": pipe.precision,
+        "compute": compute_record(pipe.precision_choice, threads),
         "checkpoint": str(args.checkpoint),
         "checkpoint_sha256": file_hash(Path(pipe.pretrained.path) / WEIGHTS),
     }

@@ -85,7 +85,9 @@ def _header(res: EvalResults) -> list[str]:
         f"Benchmark: {s['per_category']} prompts per category x {s['samples_per_prompt']} images. "
         f"Sweeps: targets {levels}, on the benchmark images for alignment and on the first "
         f"{s['sweep_images']} of them for the other rewards. Guidance {g.get('guidance', 'n/a')}, "
-        f"{g.get('steps', 'n/a')} Euler steps, {g.get('precision', 'n/a')}, seed {s['seed']}. "
+        f"{g.get('steps', 'n/a')} Euler steps, {g.get('precision', 'n/a')}"
+        + (f" on {g['threads']} thread(s) of an {g['cpu_kind']} CPU" if "threads" in g else "")
+        + f", seed {s['seed']}. "
         f"{res.images_generated} images generated in {res.seconds:.0f} s.",
         "",
         "Errors are ± one standard error. Differences between targets are paired (the same prompts and "

@@ -28,6 +28,7 @@ import torch
 from miro.eval.benchmark import BenchmarkPrompt, all_facts_hold, benchmark_prompts, score_benchmark
 from miro.pipeline import TARGET_MAX, MiroPipeline, parse_reward_spec
 from miro.rewards.base import RewardModel
+from miro.utils.hardware import cpu_info
 
 log = logging.getLogger(__name__)
 Progress = Callable[[int], None]
@@ -297,7 +298,8 @@ class Evaluator:
         start = time.perf_counter()
         resolved = self.pipe.sampling(self.s.guidance, self.s.steps)
         sampling = {
-            "guidance": resolved["guidance"], "steps": resolved["steps"], "precision": self.pipe.precision
+            "guidance": resolved["guidance"], "steps": resolved["steps"], "precision": self.pipe.precision,
+            "threads": torch.get_num_threads(), "cpu_kind": cpu_info().kind,
         }
         res = EvalResults(model=model_name, settings=asdict(self.s), sampling=sampling)
         bins = self.pipe.pretrained.bins

@@ -167,7 +167,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--checkpoint", required=True, help="a shapes model directory (<run>/export)")
     parser.add_argument("--per-cell", type=int, default=8, help="images per colour x shape prompt")
     parser.add_argument("--scenes", type=int, default=256, help="rendered scenes for the caption-swap loss")
-    parser.add_argument("--precision", choices=PRECISIONS, default="bf16", help="of the generated images")
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
+                        help="of the generated images (auto: bf16 where native, else fp32)")
     parser.add_argument("--out", type=Path, default=None, help="also write the numbers to this JSON file")
     args = parser.parse_args(argv)
     try:

@@ -12,7 +12,14 @@ import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig, open_dict
 
-from miro.config import CONF_DIR, instantiate_group, prepare_run_dir, quiet_eval_mode_warning, set_threads
+from miro.config import (
+    CONF_DIR,
+    instantiate_group,
+    prepare_run_dir,
+    quiet_eval_mode_warning,
+    resolve_compute,
+    write_compute_record,
+)
 from miro.rl.module import updates_per_iteration
 from miro.usage import usage_errors
 
@@ -24,7 +31,7 @@ warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual opt
 def build(cfg: DictConfig) -> tuple[L.LightningModule, L.LightningDataModule, L.Trainer]:
     """Module, prompt data and a trainer that stops after ``cfg.iterations`` GRPO iterations."""
     L.seed_everything(cfg.seed, workers=True)
-    set_threads(cfg.get("threads"))
+    write_compute_record(cfg, resolve_compute(cfg))
     datamodule = instantiate(cfg.data)
     module = instantiate(cfg.module)
     updates = updates_per_iteration(

@@ -10,6 +10,8 @@ from typing import Any
 
 import torch
 
+from miro.utils.hardware import cpu_info, cpu_native_bf16
+
 
 def cpu_name() -> str:
     """The CPU's model name from /proc/cpuinfo (Linux), else what ``platform`` knows."""
@@ -23,10 +25,15 @@ def cpu_name() -> str:
 
 
 def machine() -> dict[str, Any]:
-    """Host, CPU, cores, torch threads, the 1-minute load (a shared box measures slower), versions, GPU."""
+    """Host, CPU and its kind (AVX2 / AVX512 / AVX512-BF16 / AMX: whether bf16 is native), cores, torch
+    threads, the 1-minute load (a shared box measures slower), versions, GPU."""
+    cpu = cpu_info()
     info: dict[str, Any] = {
         "host": platform.node(),
         "cpu": cpu_name(),
+        "cpu_kind": cpu.kind,
+        "cpu_capability": cpu.capability,
+        "cpu_native_bf16": cpu_native_bf16(cpu),
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "load_average_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,

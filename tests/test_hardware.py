@@ -1,0 +1,111 @@
+"""precision=auto and threads=auto: the choice logic on mocked CPUs and loads, and what the runs record."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from miro.config import compose_config, resolve_compute
+from miro.utils.hardware import (
+    CpuInfo,
+    busy_cores,
+    choose_threads,
+    cpu_native_bf16,
+    resolve_precision,
+)
+
+
+def cpu(capability: str, *flags: str, machine: str = "x86_64") -> CpuInfo:
+    return CpuInfo(model="test CPU", capability=capability, flags=frozenset(flags), machine=machine)
+
+
+AVX2 = cpu("AVX2", "avx2", "fma")
+AVX512 = cpu("AVX512", "avx2", "avx512f", "avx512bw")
+AVX512_BF16 = cpu("AVX512", "avx2", "avx512f", "avx512_bf16")
+AMX = cpu("AVX512", "avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
+
+
+@pytest.mark.parametrize(("info", "kind", "native"), [
+    (AVX2, "AVX2", False),
+    (AVX512, "AVX512", False),
+    (AVX512_BF16, "AVX512-BF16", True),
+    (AMX, "AMX", True),
+    # the bf16 flags alone do not count while torch is held to AVX2 (ATEN_CPU_CAPABILITY=avx2)
+    (cpu("AVX2", "avx512_bf16", "amx_bf16"), "AVX2", False),
+    (cpu("DEFAULT", "bf16", machine="aarch64"), "ARM-BF16", True),
+    (cpu("DEFAULT", "asimd", machine="aarch64"), "ARM", False),
+])
+def test_cpu_kind_and_native_bf16(info: CpuInfo, kind: str, native: bool) -> None:
+    assert info.kind == kind
+    assert cpu_native_bf16(info, env={}) is native
+
+
+def test_onednn_isa_cap_turns_native_bf16_off() -> None:
+    assert cpu_native_bf16(AMX, env={"ONEDNN_MAX_CPU_ISA": "AVX2"}) is False
+    assert cpu_native_bf16(AMX, env={"ONEDNN_MAX_CPU_ISA": "avx512_core"}) is False
+    assert cpu_native_bf16(AMX, env={"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_AMX"}) is True
+
+
+def test_precision_auto_follows_the_cpu() -> None:
+    slow = resolve_precision("auto", "cpu", cpu=AVX2)
+    assert (slow.name, slow.lightning) == ("fp32", "32-true") and "no native bf16" in slow.reason
+    fast = resolve_precision("auto", "cpu", cpu=AMX)
+    assert (fast.name, fast.lightning) == ("bf16", "bf16-mixed") and "AMX" in fast.reason
+
+
+def test_explicit_precision_wins_and_bad_names_are_refused() -> None:
+    assert resolve_precision("bf16", "cpu", cpu=AVX2).name == "bf16"
+    assert resolve_precision("bf16-mixed", "cpu", cpu=AVX2).lightning == "bf16-mixed"
+    assert resolve_precision("32-true", "cpu", cpu=AMX).name == "fp32"
+    with pytest.raises(ValueError, match="precision must be one of"):
+        resolve_precision("fp8", "cpu")
+
+
+def test_precision_auto_on_cuda_asks_torch(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+    assert resolve_precision("auto", "cuda").name == "bf16"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation)
+    assert resolve_precision("auto", "cuda").name == "fp32"  # only emulated (e.g. a T4): not native
+
+
+@pytest.mark.parametrize(("busy", "threads"), [(0.0, 2), (0.3, 2), (0.6, 1), (1.4, 1), (4.5, 1)])
+def test_threads_auto_leaves_busy_cores_out(busy: float, threads: int) -> None:
+    assert choose_threads("auto", cores=2, busy=busy, omp_env=None).threads == threads
+
+
+def test_threads_auto_on_a_big_machine_and_explicit_choices() -> None:
+    assert choose_threads(None, cores=16, busy=3.2, omp_env=None).threads == 13
+    assert choose_threads("auto", cores=16, busy=0.0, omp_env="4").threads == 4  # the user's OMP setting
+    assert choose_threads(3, cores=2, busy=2.0, omp_env="1").threads == 3  # explicit wins over everything
+    for bad in (0, -1, "many"):
+        with pytest.raises(ValueError, match="threads must be a positive integer or auto"):
+            choose_threads(bad, cores=2, busy=0.0, omp_env=None)
+
+
+def test_busy_cores_is_a_fraction_of_the_machine() -> None:
+    busy = busy_cores(window_s=0.05)
+    assert 0.0 <= busy <= (torch.get_num_threads() + 64)
+
+
+def test_training_config_resolves_auto_and_records_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    before = torch.get_num_threads()
+    try:
+        for info, lightning in ((AVX2, "32-true"), (AMX, "bf16-mixed")):
+            monkeypatch.setattr("miro.utils.hardware.cpu_info", lambda info=info: info)
+            cfg = compose_config("train", ["+experiment=shapes", f"paths.output_dir={tmp_path}", "threads=1"])
+            assert cfg.trainer.precision == "auto"
+            record = resolve_compute(cfg)
+            assert cfg.trainer.precision == lightning
+            assert record["threads"]["threads"] == 1 and torch.get_num_threads() == 1
+            assert record["cpu_kind"] == info.kind and json.dumps(record)
+        # GRPO: the module's own autocast is resolved, the trainer's explicit 32-true is kept
+        monkeypatch.setattr("miro.utils.hardware.cpu_info", lambda: AVX2)
+        rl = compose_config("rl", [f"paths.output_dir={tmp_path}", "threads=1"])
+        resolve_compute(rl)
+        assert (rl.module.precision, rl.trainer.precision) == ("fp32", "32-true")
+    finally:
+        torch.set_num_threads(before)

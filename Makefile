@@ -33,7 +33,7 @@ DEMO_STEPS ?= $(shell echo $$(( $(DEMO_MINUTES) * $(STEPS_PER_MINUTE) )))
 PROMPTS ?= conf/prompts/shapes_demo.txt
 ARGS ?=
 
-.PHONY: setup test test-slow lint data score-shards fit-bins cache-latents train samples eval demo grpo report bench bench-gpu clean-demo
+.PHONY: setup test test-slow lint data score-shards fit-bins cache-latents train samples eval demo grpo grpo-study report bench bench-gpu clean-demo
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON_BASE) -m venv $(VENV)
@@ -111,6 +111,14 @@ grpo: setup
 	test -f $(DEMO_DIR)/eval/results.json || $(MAKE) --no-print-directory eval ARGS=
 	$(VENV)/bin/miro-eval --checkpoint $(RL_DIR)/export --out $(RL_DIR)/eval
 	$(VENV)/bin/miro-eval compare $(DEMO_DIR)/eval $(RL_DIR)/eval --optimised $(RL_REWARD) --out $(RL_DIR)/compare
+
+# The GRPO study of docs/grpo.md (conf/grpo_study.yaml): step-level vs chunk-level GRPO with and without
+# weighted chunk sampling from RUN_DIR's export, 3 seeds, all evaluated with the same miro-eval settings;
+# writes $(GRPO_STUDY_DIR)/grpo_study.md (mean ± std over seeds). Resumable: run it again if interrupted.
+GRPO_STUDY_DIR ?= $(RUN_DIR)/grpo_study
+
+grpo-study: setup
+	$(PY) -m miro.rl.study export=$(RUN_DIR)/export out_dir=$(GRPO_STUDY_DIR) $(ARGS)
 
 # The evidence report (docs/results.md, conf/report.yaml) from the saved runs under runs/evidence/<scale>;
 # REPORT_RUN=1 first runs the missing ones: make report REPORT_RUN=1 (CPU scale: hours, resumable),

@@ -17,9 +17,18 @@ from miro.rl.chunks import (
     dynamic_chunks,
     equal_chunks,
     relative_l1,
+    relative_l1_per_sample,
     sample_chunks,
 )
-from miro.rl.grpo import chunk_policy_loss, chunk_ratios, clipped_surrogate, group_advantages
+from miro.rl.grpo import (
+    chunk_policy_loss,
+    chunk_ratios,
+    clipped_surrogate,
+    group_advantages,
+    policy_kl,
+    transition_noise_scale,
+)
+from miro.rl.module import trained_bounds
 
 # ---------------------------------------------------------------------------------------------------
 # SDE step
@@ -75,6 +84,26 @@ def test_kl_between_equal_std_gaussians_by_hand() -> None:
     torch.testing.assert_close(kl, torch.tensor([1.0 / (2 * 0.25), (4.0 / 4) / 2]))
 
 
+def test_kl_forms_by_hand_flow_grpo_is_divided_by_the_noise_scale_only() -> None:
+    x, v, v_ref = torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4)
+    t, t_next, a = 0.6, 0.45, 0.7
+    step, ref = sde_step(x, v, t, t_next, a), sde_step(x, v_ref, t, t_next, a)
+    dt = t_next - t
+    std_t = a * math.sqrt(t / (1 - t))  # Flow-GRPO's std_dev_t
+    scale = transition_noise_scale(step.std, dt)
+    torch.testing.assert_close(scale, torch.full((2,), std_t))
+    # Flow-GRPO: ((mean - mean_ref) ** 2).mean(dim=(1, 2, 3)) / (2 * std_dev_t ** 2)
+    flow_grpo = ((step.mean - ref.mean) ** 2).mean((1, 2, 3)) / (2 * std_t**2)
+    torch.testing.assert_close(policy_kl(step.mean, ref.mean, scale, dt), flow_grpo)
+    torch.testing.assert_close(policy_kl(step.mean, ref.mean, scale, dt, "flow_grpo"), flow_grpo)
+    # the exact KL of the two transitions N(mean, std_t^2 |dt|): 1 / |dt| times more
+    transition = policy_kl(step.mean, ref.mean, scale, dt, "transition")
+    torch.testing.assert_close(transition, flow_grpo / abs(dt))
+    torch.testing.assert_close(transition, gaussian_kl_same_std(step.mean, ref.mean, step.std))
+    with pytest.raises(ValueError, match="kl must be one of flow_grpo, transition"):
+        policy_kl(step.mean, ref.mean, scale, dt, "exact")
+
+
 # ---------------------------------------------------------------------------------------------------
 # Advantages and losses
 
@@ -106,6 +135,21 @@ def test_clipped_surrogate_takes_the_pessimistic_side() -> None:
     loss = clipped_surrogate(ratio, adv, clip_range=0.2)
     # A > 0: min(r A, clip(r) A) -> clipped when r is too large, unclipped when small; A < 0: mirrored.
     torch.testing.assert_close(loss, torch.tensor([-1.2, 1.5, -0.5, 0.8, -2.0]))
+
+
+def test_asymmetric_clipping_uses_its_own_bound_on_each_side() -> None:
+    ratio = torch.tensor([1.5, 1.5, 0.5, 0.5])
+    adv = torch.tensor([1.0, -1.0, 1.0, -1.0])
+    # clip(r, 1 - 0.1, 1 + 0.3): A > 0 is capped at 1.3, A < 0 at 0.9
+    loss = clipped_surrogate(ratio, adv, clip_range=0.2, clip_low=0.1, clip_high=0.3)
+    torch.testing.assert_close(loss, torch.tensor([-1.3, 1.5, -0.5, 0.9]))
+    out = chunk_policy_loss(
+        torch.tensor([[0.25], [-0.05], [-0.2]]), torch.zeros(3, 1), torch.ones(3), [1], 0.2,
+        clip_low=0.1, clip_high=0.3,
+    )  # fmt: skip
+    assert float(out.clip_fraction) == pytest.approx(1 / 3)  # exp(0.25) = 1.28 and 0.95 inside, 0.82 below
+    with pytest.raises(ValueError, match="must be >= 0"):
+        clipped_surrogate(ratio, adv, 0.2, clip_low=-0.1)
 
 
 def test_chunks_of_one_step_reproduce_the_step_level_loss_exactly() -> None:
@@ -158,9 +202,15 @@ def test_chunk_lists_and_bounds() -> None:
         equal_chunks(8, 0)
 
 
+def test_relative_l1_per_sample_by_hand() -> None:
+    states = torch.tensor([[[4.0], [1.0]], [[2.0], [3.0]]])  # [T + 1 = 2, B = 2, D = 1]
+    torch.testing.assert_close(relative_l1_per_sample(states), torch.tensor([[2.0 / 4.0, 2.0 / 1.0]]))
+
+
 def test_relative_l1_by_hand() -> None:
     states = torch.tensor([[[1.0, -1.0]], [[2.0, -1.0]], [[2.0, 1.0]]])  # [T + 1 = 3, B = 1, D = 2]
-    torch.testing.assert_close(relative_l1(states), torch.tensor([1.0 / 3.0, 2.0 / 3.0]))
+    # the change of each step over the state before it (GCPO): |(1, 0)| / |(1, -1)|, |(0, 2)| / |(2, -1)|
+    torch.testing.assert_close(relative_l1(states), torch.tensor([1.0 / 2.0, 2.0 / 3.0]))
 
 
 @pytest.mark.parametrize(
@@ -186,6 +236,23 @@ def test_dynamic_chunks_compare_ratios_not_differences() -> None:
         dynamic_chunks([1.0, 0.0, 2.0], 2)
     with pytest.raises(ValueError, match="between 1 and the 3"):
         dynamic_chunks([1.0, 2.0, 3.0], 4)
+
+
+def test_weights_from_rollout_l1rel_favour_the_high_noise_chunks() -> None:
+    # A trajectory whose change shrinks toward the clean end, as along a noisy rollout: 10, 6, 4, 3, 2.5
+    states = torch.tensor([10.0, 6.0, 4.0, 3.0, 2.5]).reshape(5, 1, 1)
+    l1rel = relative_l1(states)
+    torch.testing.assert_close(l1rel, torch.tensor([4 / 10, 2 / 6, 1 / 4, 0.5 / 3]))
+    weights = chunk_sampling_weights(l1rel, [2, 2])
+    high, low = (0.4 + 1 / 3) / 2, (0.25 + 0.5 / 3) / 2
+    torch.testing.assert_close(weights, torch.tensor([high, low]) / (high + low))
+    assert weights[0] > weights[1]
+
+
+def test_skipping_the_last_step_shortens_the_last_chunk() -> None:
+    assert trained_bounds([2, 3], skip_last_step=False) == [(0, 2), (2, 5)]
+    assert trained_bounds([2, 3], skip_last_step=True) == [(0, 2), (2, 4)]
+    assert trained_bounds([1, 1, 1], skip_last_step=True) == [(0, 1), (1, 2), (2, 2)]  # nothing left
 
 
 def test_weighted_chunk_sampling_follows_the_mean_l1rel() -> None:

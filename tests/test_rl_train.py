@@ -17,8 +17,10 @@ from miro.data.prompt_file import PromptFileError
 from miro.pretrained import load_pretrained
 from miro.rewards.base import RewardModel, register_reward
 from miro.rl.__main__ import build
+from miro.rl.chunks import chunk_sampling_weights, relative_l1
 from miro.rl.module import GRPOModule, updates_per_iteration
 from miro.rl.prompts import PromptBatches, PromptDataModule, training_prompts
+from miro.rl.rollout import policy_step
 
 PROMPTS = ["a red circle", "two blue squares"]
 
@@ -69,13 +71,13 @@ def fit(module: GRPOModule, steps: int, root: Path | None = None, ckpt: str | No
 
 def mean_reward(module: GRPOModule) -> float:
     """The policy's mean reward on fixed prompts and noise."""
-    batch = module.collect(PROMPTS * 2, torch.Generator().manual_seed(123))
+    batch = module.collect(PROMPTS * 2, iteration=123)
     return float(batch["reward"].mean())
 
 
 def test_first_update_has_ratio_exactly_one(export: Path) -> None:
     module = make_module(export)
-    batch = module.collect(PROMPTS, torch.Generator().manual_seed(0))
+    batch = module.collect(PROMPTS, iteration=0)
     assert batch["states"].shape == (5, 16, 3, 24, 24) and batch["log_probs"].shape == (4, 16)
     index = torch.arange(16)
     new, kl = module.step_log_probs(batch, index, range(4))
@@ -86,6 +88,59 @@ def test_first_update_has_ratio_exactly_one(export: Path) -> None:
     groups = batch["advantages"].reshape(2, 8)
     torch.testing.assert_close(groups.mean(1), torch.zeros(2), atol=1e-5, rtol=0)
     assert set(batch["scores"]) == {"test_brightness", "colorfulness"}
+
+
+def test_kl_term_is_flow_grpos_expression_by_default(export: Path) -> None:
+    module = make_module(export, beta=0.1, noise_level=0.7)
+    assert module.hp["kl"] == "flow_grpo"
+    with torch.no_grad():
+        for p in module.policy.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    batch = module.collect(PROMPTS, iteration=0)
+    index = torch.arange(16)
+    _, kl = module.step_log_probs(batch, index, [1])
+    ts = batch["timesteps"]
+    args = dict(condition=batch["condition"], x=batch["states"][1], t=ts[1], t_next=ts[2], noise_level=0.7)
+    with torch.no_grad():
+        mean, ref_mean = policy_step(module.policy, **args).mean, policy_step(module.reference, **args).mean
+    std_t = 0.7 * (ts[1] / (1 - ts[1])) ** 0.5  # Flow-GRPO's std_dev_t, without the step size
+    expected = ((mean - ref_mean) ** 2).mean((1, 2, 3)) / (2 * std_t**2)
+    assert float(expected.mean()) > 0
+    torch.testing.assert_close(kl, expected)
+    module.hp["kl"] = "transition"  # the exact transition KL: divided by |dt| as well
+    _, kl_transition = module.step_log_probs(batch, index, [1])
+    torch.testing.assert_close(kl_transition, expected / (ts[1] - ts[2]))
+
+
+def test_weighted_sampling_uses_each_iterations_rollouts_and_favours_high_noise(export: Path) -> None:
+    options = dict(chunking={"mode": "fixed", "sizes": [2, 2]}, chunk_sampling={"count": 1, "weighted": True})
+    trained = make_module(export, **options)
+    fit(trained, steps=1)
+    # The curve the update drew from is the L1rel (over the state before each step) of iteration 0's
+    # rollouts, which a fresh module reproduces from the same prompts and seed.
+    prompts = next(iter(PromptBatches(training_prompts(per_category=4, exclude_eval=False), 2, seed=0)))
+    rollouts = make_module(export, **options).collect(prompts, iteration=0)
+    torch.testing.assert_close(torch.tensor(trained.rollout_l1rel), relative_l1(rollouts["states"]))
+    weights = chunk_sampling_weights(torch.tensor(trained.rollout_l1rel), [2, 2])
+    assert weights[0] > weights[1]  # the noisy rollouts change most at the noise end
+    gen = torch.Generator().manual_seed(0)
+    draws = [trained.chunks_for_update(gen, trained.rollout_l1rel)[0] for _ in range(2000)]
+    assert abs(draws.count(0) / 2000 - float(weights[0])) < 0.03
+    skipping = make_module(export, chunking={"mode": "equal", "size": 1}, skip_last_step=True,
+                           chunk_sampling={"count": 2, "weighted": True})  # fmt: skip
+    # the last step is never trained, however large its L1rel
+    assert all(3 not in skipping.chunks_for_update(gen, [0.4, 0.3, 0.2, 10.0]) for _ in range(200))
+
+
+def test_prompts_are_split_by_rank_in_whole_groups(export: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    module = make_module(export, train_batch_size=16)
+    monkeypatch.setattr(module, "world", lambda: (1, 2))
+    assert module.local_prompts(["a", "b", "c", "d"]) == (["c", "d"], 2)
+    with pytest.raises(ValueError, match=r"prompts_per_iteration \(3\) must be a multiple of the 2"):
+        module.local_prompts(["a", "b", "c"])
+    module.hp["train_batch_size"] = 15
+    with pytest.raises(ValueError, match=r"train_batch_size \(15\) is the global minibatch"):
+        module.local_prompts(["a", "b"])
 
 
 def test_grpo_raises_a_simple_reward(export: Path) -> None:
@@ -104,7 +159,7 @@ def test_lora_trains_adapters_only_and_exports_merged_weights(export: Path, tmp_
     )
     trainable = [n for n, p in module.policy.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n for n in trainable)
-    batch = module.collect(PROMPTS, torch.Generator().manual_seed(0))
+    batch = module.collect(PROMPTS, iteration=0)
     _, kl = module.step_log_probs(batch, torch.arange(16), range(2))
     assert torch.equal(kl, torch.zeros(16))  # the reference is the same network with adapters off
     fit(module, steps=3)
@@ -147,12 +202,18 @@ def test_bad_settings_are_named(export: Path) -> None:
         make_module(export, rewards="test_brightness=high")
     with pytest.raises(ValueError, match="unknown reward 'nope'"):
         make_module(export, targets="nope=3")
+    with pytest.raises(ValueError, match="kl must be one of flow_grpo, transition"):
+        make_module(export, kl="exact")
+    with pytest.raises(ValueError, match="clip ranges must be >= 0"):
+        make_module(export, clip_high=-1.0)
+    with pytest.raises(ValueError, match="skip_last_step needs at least 2 steps"):
+        make_module(export, steps=1, skip_last_step=True, chunking={"mode": "equal", "size": 1})
 
 
 def test_a_prompt_the_reward_cannot_judge_is_named(export: Path) -> None:
     module = make_module(export, rewards="alignment", group_size=2)
     with pytest.raises(ValueError, match="reward 'alignment' cannot score prompt 'a photo of a cat'"):
-        module.collect(["a photo of a cat"], torch.Generator().manual_seed(0))
+        module.collect(["a photo of a cat"])
 
 
 def test_prompt_pool_excludes_evaluation_prompts_and_batches_depend_only_on_the_step(tmp_path: Path) -> None:
@@ -266,7 +327,7 @@ def test_reward_targets_condition_the_rollouts_and_ema_is_exported(export: Path,
     names = module.reward_names
     assert module.positive[names.index("sharpness")] == pytest.approx(0.3)
     assert module.positive[names.index("alignment")] == 1.0  # unnamed targets stay at the top
-    batch = module.collect(PROMPTS, torch.Generator().manual_seed(0))
+    batch = module.collect(PROMPTS, iteration=0)
     assert torch.allclose(batch["condition"].rewards, module.positive.expand(16, -1))
     fit(module, steps=2)
     policy, ema = module.policy.state_dict(), module.ema.state_dict()

@@ -111,6 +111,7 @@ def sde_step(
     *,
     x_next: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
+    noise: torch.Tensor | None = None,
 ) -> SDEStep:
     """The reverse-time SDE with the same marginals as the flow ODE, discretised for one step t -> t_next.
 
@@ -119,8 +120,10 @@ def sde_step(
     std_t sqrt(-dt). a = 0 gives back the Euler step. At s = 1 the formula divides by zero; the
     denominator then uses t_next instead (the first step of any schedule), as Flow-GRPO does.
 
-    Without ``x_next`` a sample is drawn (with ``generator``); with it, only its log-probability under
-    this step's Gaussian is computed: that is how GRPO re-scores a stored trajectory under new weights.
+    Without ``x_next`` a sample is drawn (with ``generator``, or from the standard-normal ``noise`` given:
+    GRPO pre-draws it per prompt so a sample does not depend on how samples are batched or split over
+    processes); with ``x_next``, only its log-probability under this step's Gaussian is computed: that
+    is how GRPO re-scores a stored trajectory under new weights.
     Everything is float32, whatever the network's precision: log-densities of near-identical policies
     differ in the fourth decimal, which bf16 cannot represent.
     """
@@ -141,9 +144,10 @@ def sde_step(
     std = std_t * torch.sqrt(-dt)
     if x_next is None:
         # Drawn where the generator lives (GRPO seeds a CPU one), then moved: the same numbers on any device.
-        where = generator.device if generator is not None else x.device
-        noise = torch.randn(x.shape, generator=generator, device=where, dtype=torch.float32).to(x.device)
-        x_next = mean + std.reshape(shape) * noise
+        if noise is None:
+            where = generator.device if generator is not None else x.device
+            noise = torch.randn(x.shape, generator=generator, device=where, dtype=torch.float32)
+        x_next = mean + std.reshape(shape) * noise.float().to(x.device)
     log_prob = gaussian_log_prob(x_next.float(), mean, std)
     return SDEStep(x_next=x_next, log_prob=log_prob, mean=mean, std=std)
 

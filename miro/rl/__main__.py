@@ -6,6 +6,7 @@ Only wiring: build the pieces the config names, call ``fit``, export, say where 
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 
 import hydra
 import lightning as L
@@ -60,15 +61,23 @@ def build(cfg: DictConfig) -> tuple[L.LightningModule, L.LightningDataModule, L.
     return module, datamodule, trainer
 
 
+def run(cfg: DictConfig) -> Path | None:
+    """Fine-tune as ``cfg`` says and export; returns the export (None on ranks other than 0)."""
+    out = prepare_run_dir(cfg)
+    module, datamodule, trainer = build(cfg)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    if not trainer.is_global_zero:
+        return None
+    return module.export(out / "export", extra={"source": str(cfg.pretrained)})
+
+
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="rl")
 def main(cfg: DictConfig) -> None:
-    out = prepare_run_dir(cfg)
     with usage_errors():  # a missing export or prompt file: one line, exit code 2
-        module, datamodule, trainer = build(cfg)
-        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
-    if not trainer.is_global_zero:
+        export = run(cfg)
+    if export is None:
         return
-    export = module.export(out / "export", extra={"source": str(cfg.pretrained)})
+    out = Path(cfg.paths.output_dir)
     print(f"Run directory:     {out}   (config.yaml: the composed config)")
     print(f"Checkpoints:       {out / 'checkpoints'}   (resume with ckpt_path=<dir>/last.ckpt)")
     if (out / "rollouts").exists():

@@ -6,13 +6,17 @@ same kind of work share one trust-region decision: K = T is step-level GRPO, K =
 whole trajectory. A chunking is a list of sizes that sums to T, in sampling order (noise end first).
 
 Which steps belong together is read off the sampler's *temporal dynamics*: the relative L1 change of the
-state per transition, L1rel(i) = |x_{i+1} - x_i|_1 / |x_{i+1}|_1. It hardly depends on the prompt but
-varies strongly along the trajectory (large while the layout forms near noise, small while details
-settle, large again in the last steps), so it is measured once on a batch of rollouts.
-:func:`dynamic_chunks` then cuts the curve where its level changes: it chooses the K contiguous segments
+state per transition, L1rel(i) = |x_{i+1} - x_i|_1 / |x_i|_1, divided by the state *before* the step as
+in the Chunk-GRPO (GCPO) paper. It hardly depends on the prompt but varies strongly along the trajectory.
+:func:`dynamic_chunks` cuts the curve where its level changes: it chooses the K contiguous segments
 that minimise the spread of log L1rel inside each segment (exact 1-D segmentation by dynamic
 programming). Logarithms, because L1rel spans orders of magnitude and "similar dynamics" means a similar
 *ratio* of change; a plain variance would spend every cut on the few largest steps.
+
+Weighted chunk sampling (:func:`chunk_sampling_weights`) draws the chunks an update trains on with
+probability proportional to the chunk's mean L1rel measured on the noisy (SDE) rollouts of the current
+iteration, as GCPO does. Along a rollout the injected noise is largest at the noise end, so these
+weights favour the high-noise chunks, where the image's layout is decided.
 """
 
 from __future__ import annotations
@@ -53,13 +57,21 @@ def chunk_bounds(sizes: Sequence[int]) -> list[tuple[int, int]]:
     return bounds
 
 
-def relative_l1(trajectory: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
-    """L1rel per transition, averaged over the batch: states [T + 1, B, ...] -> [T] float32."""
+def relative_l1_per_sample(trajectory: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
+    """L1rel of every transition of every sample: states [T + 1, B, ...] -> [T, B] float32.
+
+    L1rel(i) = |x_{i+1} - x_i|_1 / |x_i|_1: the change of step i relative to the state it started from
+    (the paper's denominator; dividing by the state after the step moves chunk boundaries)."""
     states = torch.stack(list(trajectory)) if not isinstance(trajectory, torch.Tensor) else trajectory
     states = states.float().flatten(2)  # [T + 1, B, D]
     change = (states[1:] - states[:-1]).abs().sum(-1)
-    size = states[1:].abs().sum(-1).clamp_min(1e-12)
-    return (change / size).mean(1)
+    size = states[:-1].abs().sum(-1).clamp_min(1e-12)
+    return change / size
+
+
+def relative_l1(trajectory: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
+    """L1rel per transition, averaged over the batch: states [T + 1, B, ...] -> [T] float32."""
+    return relative_l1_per_sample(trajectory).mean(1)
 
 
 def dynamic_chunks(l1rel: torch.Tensor | Sequence[float], num_chunks: int) -> Chunks:
@@ -108,8 +120,11 @@ def chunk_means(values: torch.Tensor, sizes: Sequence[int]) -> torch.Tensor:
 
 
 def chunk_sampling_weights(l1rel: torch.Tensor, sizes: Sequence[int]) -> torch.Tensor:
-    """Probabilities [K] proportional to each chunk's mean L1rel (favours the high-noise chunks, where
-    the image's layout is decided)."""
+    """Probabilities [K] proportional to each chunk's mean L1rel.
+
+    Pass the L1rel measured on the current noisy rollouts (GCPO): it is largest at the noise end, so the
+    high-noise chunks are drawn most. (On the deterministic ODE trajectory the curve can rise towards
+    the clean end instead, which would favour the wrong chunks.)"""
     means = chunk_means(torch.as_tensor(l1rel, dtype=torch.float32), sizes)
     if (means <= 0).any() or not torch.isfinite(means).all():
         raise ValueError(f"chunk weights need positive finite L1rel means, got {means.tolist()}")

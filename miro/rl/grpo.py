@@ -6,12 +6,22 @@ sampler, whose per-step log-probabilities come from :func:`miro.flow.sampling.sd
 
 The loss (:func:`chunk_policy_loss`) takes one ratio per chunk of consecutive steps,
 r_j = exp(mean over the chunk's steps of (log p_new - log p_old)), the geometric mean of the step ratios,
-and PPO's clipped surrogate -min(r_j A, clip(r_j, 1 - e, 1 + e) A), averaged over samples and chunks.
-With chunks of one step this is step-level GRPO (Flow-GRPO / DanceGRPO) exactly.
+and PPO's clipped surrogate -min(r_j A, clip(r_j, 1 - e_low, 1 + e_high) A), averaged over samples and
+chunks (e_low = e_high = e is PPO's symmetric clip; GCPO clips asymmetrically). With chunks of one step
+this is step-level GRPO (Flow-GRPO / DanceGRPO) exactly.
+
+The KL penalty to the reference policy (:func:`policy_kl`) comes in two named forms, because the papers'
+code and the exact KL of the transitions differ by the step size and a published beta only means the
+same thing with the same form:
+- ``flow_grpo`` (Flow-GRPO's code, the default): |mu - mu_ref|^2 / (2 std_t^2), std_t = a sqrt(s / (1 - s))
+  the SDE's noise scale, averaged over elements;
+- ``transition``: the exact KL between the two Gaussian transitions, |mu - mu_ref|^2 / (2 std_t^2 |dt|);
+  at 10 steps it is 1 / |dt| = 4 to 28 times the other, so beta must be that much smaller.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -49,7 +59,7 @@ class PolicyLoss:
 
     loss: torch.Tensor  # scalar, with gradient
     ratio_mean: torch.Tensor  # mean chunk ratio (1 before the first update)
-    clip_fraction: torch.Tensor  # share of chunk ratios outside [1 - e, 1 + e]
+    clip_fraction: torch.Tensor  # share of chunk ratios outside [1 - e_low, 1 + e_high]
     approx_kl: torch.Tensor  # mean (log p_old - log p_new) per step: how far the policy moved
 
 
@@ -58,11 +68,54 @@ def chunk_ratios(log_prob: torch.Tensor, old_log_prob: torch.Tensor, sizes: Sequ
     return chunk_means(log_prob - old_log_prob, sizes).exp()
 
 
-def clipped_surrogate(ratio: torch.Tensor, advantage: torch.Tensor, clip_range: float) -> torch.Tensor:
-    """PPO's pessimistic bound, as a loss: max(-A r, -A clip(r, 1 - e, 1 + e)), elementwise.
-    ``advantage`` broadcasts against ``ratio`` ([N, 1] against [N, K])."""
+KL_FORMS = ("flow_grpo", "transition")
+
+
+def policy_kl(
+    mean: torch.Tensor, ref_mean: torch.Tensor, noise_scale: torch.Tensor, dt: float, form: str = "flow_grpo"
+) -> torch.Tensor:
+    """KL penalty of one SDE step to the reference policy, averaged over elements -> [B].
+
+    ``noise_scale`` is std_t = a sqrt(s / (1 - s)) per sample [B] (the transition's std is
+    std_t sqrt(|dt|)); ``form`` is ``flow_grpo`` (divide by 2 std_t^2, Flow-GRPO's code) or
+    ``transition`` (divide by 2 std_t^2 |dt|, the exact KL of the two Gaussian transitions)."""
+    if form not in KL_FORMS:
+        raise ValueError(f"kl must be one of {', '.join(KL_FORMS)}, got {form!r}")
+    variance = noise_scale.float() ** 2 * (abs(float(dt)) if form == "transition" else 1.0)
+    shape = (mean.shape[0],) + (1,) * (mean.ndim - 1)
+    kl = (mean.float() - ref_mean.float()) ** 2 / (2 * variance.reshape(shape))
+    return kl.flatten(1).mean(1)
+
+
+def transition_noise_scale(std: torch.Tensor, dt: float) -> torch.Tensor:
+    """std_t from a transition's std std_t sqrt(|dt|)."""
+    return std / math.sqrt(abs(float(dt)))
+
+
+def clip_bounds(
+    clip_range: float, clip_low: float | None = None, clip_high: float | None = None
+) -> tuple[float, float]:
+    """(e_low, e_high): each defaults to ``clip_range`` (PPO's symmetric clip)."""
+    low = clip_range if clip_low is None else float(clip_low)
+    high = clip_range if clip_high is None else float(clip_high)
+    if low < 0 or high < 0:
+        raise ValueError(f"clip ranges must be >= 0, got clip_low={low}, clip_high={high}")
+    return low, high
+
+
+def clipped_surrogate(
+    ratio: torch.Tensor,
+    advantage: torch.Tensor,
+    clip_range: float,
+    clip_low: float | None = None,
+    clip_high: float | None = None,
+) -> torch.Tensor:
+    """PPO's pessimistic bound, as a loss: max(-A r, -A clip(r, 1 - e_low, 1 + e_high)), elementwise.
+    ``advantage`` broadcasts against ``ratio`` ([N, 1] against [N, K]); e_low / e_high default to
+    ``clip_range``."""
+    low, high = clip_bounds(clip_range, clip_low, clip_high)
     unclipped = -advantage * ratio
-    clipped = -advantage * ratio.clamp(1.0 - clip_range, 1.0 + clip_range)
+    clipped = -advantage * ratio.clamp(1.0 - low, 1.0 + high)
     return torch.maximum(unclipped, clipped)
 
 
@@ -73,6 +126,8 @@ def chunk_policy_loss(
     sizes: Sequence[int],
     clip_range: float,
     chunks: Sequence[int] | None = None,
+    clip_low: float | None = None,
+    clip_high: float | None = None,
 ) -> PolicyLoss:
     """The GRPO loss over the chunks ``chunks`` (indices into ``sizes``; None = all).
 
@@ -88,8 +143,9 @@ def chunk_policy_loss(
         )
     ratio = chunk_ratios(log_prob.float(), old_log_prob.float(), chosen_sizes)
     adv = advantages.float().reshape(-1, 1)
-    loss = clipped_surrogate(ratio, adv, clip_range).mean()
+    loss = clipped_surrogate(ratio, adv, clip_range, clip_low, clip_high).mean()
+    low, high = clip_bounds(clip_range, clip_low, clip_high)
     with torch.no_grad():
-        outside = ((ratio - 1).abs() > clip_range).float().mean()
+        outside = ((ratio < 1 - low) | (ratio > 1 + high)).float().mean()
         approx_kl = (old_log_prob.float() - log_prob.float()).mean()
     return PolicyLoss(loss, ratio.detach().mean(), outside, approx_kl)

@@ -8,8 +8,18 @@ chunk's steps, not the whole trajectory's).
 
 The policy's weights start from an export (``<run>/export`` of ``miro.train``). LoRA adapters (peft) or
 all weights are trained; the text encoder, VAE and reward models stay frozen. With ``beta > 0`` a KL
-penalty to the starting weights is added: for LoRA the reference is the same network with its adapters
-switched off, so no second copy is kept; for a full fine-tune a frozen copy is made (and only then).
+penalty to the starting weights is added (``kl``: Flow-GRPO's form by default, see :func:`policy_kl`):
+for LoRA the reference is the same network with its adapters switched off, so no second copy is kept;
+for a full fine-tune a frozen copy is made (and only then).
+
+Several processes (Lightning DDP, e.g. ``trainer=ddp``): every rank receives the iteration's global
+prompt list and rolls out its own contiguous slice, so each prompt's group stays on one rank. Rewards
+are gathered and advantages computed over the whole global batch, exactly as one process would (with
+``global_std`` the std too), then each rank keeps its part. ``train_batch_size`` is the global
+minibatch: each rank trains on its 1/world share, and DDP averages the gradients of every backward
+pass. Noise is drawn per prompt from (seed, iteration, global prompt index) and chunk choices from
+(seed, iteration), so a run with the same global batch processes the same prompts with the same noise
+on any number of processes, and a resumed run continues like an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -30,7 +40,7 @@ from torch import nn
 
 from miro.data.datamodule import step_seed
 from miro.data.shards import write_bytes_atomic
-from miro.flow.sampling import gaussian_kl_same_std, sample_euler, time_schedule
+from miro.flow.sampling import sample_euler, time_schedule
 from miro.lit.ema import ema_decay_at, update_ema
 from miro.pipeline import PRECISIONS, image_grid, reward_condition, sampling_settings, to_uint8
 from miro.pretrained import Pretrained, load_pretrained, save_pretrained
@@ -38,19 +48,44 @@ from miro.rewards.base import RewardModel
 from miro.rl.chunks import (
     check_chunks,
     chunk_bounds,
+    chunk_means,
     chunk_sampling_weights,
     dynamic_chunks,
     equal_chunks,
     relative_l1,
     sample_chunks,
 )
-from miro.rl.grpo import chunk_policy_loss, group_advantages
+from miro.rl.grpo import (
+    KL_FORMS,
+    chunk_policy_loss,
+    clip_bounds,
+    group_advantages,
+    policy_kl,
+    transition_noise_scale,
+)
 from miro.rl.rollout import PolicyCondition, policy_step, rollout
 from miro.scoring import build_rewards, reward_specs
 
 log = logging.getLogger(__name__)
 
 CHUNKING_MODES = ("fixed", "equal", "dynamic")
+UPDATE_STREAM = -1  # the "prompt index" of the generator for minibatch orders and chunk choices
+
+
+def rollout_seed(seed: int, iteration: int, prompt_index: int) -> int:
+    """The seed of one prompt's group in one iteration: its noise does not depend on the process that
+    rolls it out or on the batching."""
+    return step_seed(seed, prompt_index, iteration)
+
+
+def trained_bounds(sizes: Sequence[int], skip_last_step: bool) -> list[tuple[int, int]]:
+    """[(start, end)) of the steps each chunk trains on; with ``skip_last_step`` the final (lowest-noise)
+    transition is left out (GCPO), so a last chunk of one step trains on nothing (start == end)."""
+    bounds = chunk_bounds(sizes)
+    if skip_last_step:
+        a, b = bounds[-1]
+        bounds[-1] = (a, b - 1)
+    return bounds
 
 
 def updates_per_iteration(
@@ -97,9 +132,13 @@ class GRPOModule(L.LightningModule):
         chunking: Mapping[str, Any] | None = None,
         chunk_sampling: Mapping[str, Any] | None = None,
         clip_range: float = 1e-4,
+        clip_low: float | None = None,
+        clip_high: float | None = None,
+        skip_last_step: bool = False,
         advantage_clamp: float = 5.0,
         global_std: bool = False,
         beta: float = 0.0,
+        kl: str = "flow_grpo",
         lr: float = 1e-4,
         betas: Sequence[float] = (0.9, 0.999),
         weight_decay: float = 0.0,
@@ -107,6 +146,7 @@ class GRPOModule(L.LightningModule):
         lora: Mapping[str, Any] | None = None,
         ema_decay: float | None = None,
         precision: str = "fp32",
+        reward_device: str | None = None,
         seed: int = 0,
         grid_every: int = 0,
         grid_dir: str | None = None,
@@ -134,6 +174,11 @@ class GRPOModule(L.LightningModule):
         ):
             if value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
+        if kl not in KL_FORMS:
+            raise ValueError(f"kl must be one of {', '.join(KL_FORMS)}, got {kl!r}")
+        clip_bounds(clip_range, clip_low, clip_high)  # raises on negative ranges
+        if skip_last_step and int(steps) < 2:
+            raise ValueError("skip_last_step needs at least 2 steps (it leaves the last one untrained)")
         self.hp = dict(
             guidance=sampling["guidance"],
             steps=int(steps),
@@ -144,15 +189,20 @@ class GRPOModule(L.LightningModule):
             train_batch_size=train_batch_size,
             inner_epochs=inner_epochs,
             clip_range=clip_range,
+            clip_low=clip_low,
+            clip_high=clip_high,
+            skip_last_step=bool(skip_last_step),
             advantage_clamp=advantage_clamp,
             global_std=global_std,
             beta=beta,
+            kl=kl,
             lr=lr,
             betas=tuple(betas),
             weight_decay=weight_decay,
             grad_clip=grad_clip,
             ema_decay=ema_decay,
             precision=precision,
+            reward_device=reward_device,
             seed=seed,
             grid_every=grid_every,
             grid_dir=grid_dir,
@@ -164,7 +214,8 @@ class GRPOModule(L.LightningModule):
             )
         self.chunk_sampling = dict(chunk_sampling or {})
         self.chunk_sizes: list[int] = []
-        self.l1rel: list[float] = []
+        self.l1rel: list[float] = []  # the ODE trajectory's, at the start: what dynamic chunks are cut from
+        self.rollout_l1rel: list[float] = []  # the latest iteration's rollouts': what weighted sampling uses
         if self.chunking["mode"] != "dynamic":
             self.chunk_sizes = self._static_chunks()
 
@@ -208,9 +259,40 @@ class GRPOModule(L.LightningModule):
     def reward_models(self) -> dict[str, RewardModel]:
         if self._rewards is None:
             names = list(self.reward_weights) + self.monitor_names
-            # On the policy's device: scoring every rollout on the CPU would stall a GPU run.
-            self._rewards = build_rewards(reward_specs(names), device=str(self.device))
+            # By default on the policy's device (scoring every rollout on the CPU would stall a GPU run);
+            # reward_device puts large reward models on a device of their own.
+            device = self.hp["reward_device"] or str(self.device)
+            self._rewards = build_rewards(reward_specs(names), device=device)
         return self._rewards
+
+    # -- processes ---------------------------------------------------------------------------------
+    def world(self) -> tuple[int, int]:
+        """(rank, number of processes); (0, 1) outside a trainer."""
+        trainer = self._trainer
+        return (0, 1) if trainer is None else (int(trainer.global_rank), int(trainer.world_size))
+
+    def gather(self, values: torch.Tensor) -> torch.Tensor:
+        """Every rank's ``values`` [n, ...] concatenated in rank order (equal n on every rank)."""
+        if self.world()[1] == 1:
+            return values
+        gathered = self.all_gather(values.to(self.device))
+        return gathered.flatten(0, 1).to(values.device)
+
+    def local_prompts(self, prompts: Sequence[str]) -> tuple[list[str], int]:
+        """This rank's contiguous slice of the iteration's global prompt list and the global index of
+        its first prompt: whole groups stay on one rank."""
+        rank, world = self.world()
+        if len(prompts) % world:
+            raise ValueError(
+                f"data.prompts_per_iteration ({len(prompts)}) must be a multiple of the {world} processes"
+            )
+        if self.hp["train_batch_size"] % world:
+            raise ValueError(
+                f"module.train_batch_size ({self.hp['train_batch_size']}) is the global minibatch and must "
+                f"be a multiple of the {world} processes"
+            )
+        per_rank = len(prompts) // world
+        return list(prompts[rank * per_rank : (rank + 1) * per_rank]), rank * per_rank
 
     def _condition(self, prompts: list[str]) -> PolicyCondition:
         with torch.no_grad():
@@ -224,17 +306,29 @@ class GRPOModule(L.LightningModule):
         return time_schedule(self.hp["steps"], self.hp["shift"]).tolist()
 
     # ----------------------------------------------------------------------------------------------
-    def collect(self, prompts: list[str], generator: torch.Generator) -> dict[str, Any]:
-        """Rollouts for ``prompts`` (each repeated group_size times, groups contiguous), their images,
-        rewards and advantages."""
-        g = self.hp["group_size"]
-        expanded = [p for p in prompts for _ in range(g)]
-        condition = self._condition(expanded)
+    def rollout_noise(self, iteration: int, prompt_index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """One prompt's group: initial noise [G, C, H, W] and the SDE's draws [T, G, C, H, W], from its
+        own generator (CPU, so the numbers are the same on any device and any number of processes)."""
+        gen = torch.Generator().manual_seed(rollout_seed(self.hp["seed"], iteration, prompt_index))
         model = self.pretrained.model
         # The network's own side (latents for a VAE model), as generation samples it.
         size = getattr(model, "image_size", self.pretrained.image_size)
         channels = getattr(model, "in_channels", 3)
-        noise = torch.randn(len(expanded), channels, size, size, generator=generator).to(self.device)
+        g = self.hp["group_size"]
+        noise = torch.randn(g, channels, size, size, generator=gen)
+        steps = torch.randn(self.hp["steps"], g, channels, size, size, generator=gen)
+        return noise, steps
+
+    def collect(self, prompts: list[str], iteration: int = 0, first_index: int = 0) -> dict[str, Any]:
+        """Rollouts for this rank's ``prompts`` (each repeated group_size times, groups contiguous;
+        ``first_index`` is the global index of the first), their images, rewards and advantages
+        (computed over the rewards of every rank)."""
+        g = self.hp["group_size"]
+        expanded = [p for p in prompts for _ in range(g)]
+        condition = self._condition(expanded)
+        draws = [self.rollout_noise(iteration, first_index + j) for j in range(len(prompts))]
+        noise = torch.cat([d[0] for d in draws]).to(self.device)
+        step_noise = torch.cat([d[1] for d in draws], 1).to(self.device)
         timesteps = self._timesteps()
         states, log_probs = [], []
         bs = self.hp["rollout_batch_size"]
@@ -246,8 +340,8 @@ class GRPOModule(L.LightningModule):
                 noise[part],
                 timesteps,
                 self.hp["noise_level"],
-                generator=generator,
                 precision=self.hp["precision"],
+                step_noise=step_noise[:, part],
             )
             states.append(s)
             log_probs.append(lp)
@@ -265,9 +359,12 @@ class GRPOModule(L.LightningModule):
                     f"reward {name!r} cannot score prompt {expanded[bad[0]]!r} (NaN); GRPO needs a score "
                     "for every rollout: use prompts this reward understands"
                 )
+        # Over the global batch (every rank's groups), so any split gives one process's advantages.
+        global_total = self.gather(total)
+        rank_start = self.world()[0] * total.numel()
         advantages = group_advantages(
-            total, g, global_std=self.hp["global_std"], clamp=self.hp["advantage_clamp"]
-        ).to(self.device)
+            global_total, g, global_std=self.hp["global_std"], clamp=self.hp["advantage_clamp"]
+        )[rank_start : rank_start + total.numel()].to(self.device)
         return dict(
             prompts=expanded,
             condition=condition,
@@ -277,6 +374,7 @@ class GRPOModule(L.LightningModule):
             images=images,
             scores=scores,
             reward=total,
+            global_reward=global_total,
             advantages=advantages,
         )
 
@@ -299,7 +397,9 @@ class GRPOModule(L.LightningModule):
             if self.hp["beta"] > 0:
                 with torch.no_grad(), self._reference() as reference:
                     ref = transition(reference)
-                kls.append(gaussian_kl_same_std(step.mean, ref.mean, step.std))
+                dt = ts[i + 1] - ts[i]
+                scale = transition_noise_scale(step.std, dt)
+                kls.append(policy_kl(step.mean, ref.mean, scale, dt, self.hp["kl"]))
         kl = torch.stack(kls, 1).mean(1) if kls else torch.zeros(log_probs[0].shape[0], device=self.device)
         return torch.stack(log_probs, 1), kl
 
@@ -312,36 +412,47 @@ class GRPOModule(L.LightningModule):
             with self.policy.disable_adapter():
                 yield self.policy
 
-    def chunks_for_update(self, generator: torch.Generator) -> list[int]:
+    def chunks_for_update(
+        self, generator: torch.Generator, l1rel: Sequence[float] | torch.Tensor | None = None
+    ) -> list[int]:
         """Indices of the chunks one update trains on: all, or ``chunk_sampling.count`` drawn uniformly
-        or (``weighted``) in proportion to the chunk's mean L1rel."""
-        k = len(self.chunk_sizes)
+        or (``weighted``) in proportion to the chunk's mean ``l1rel``, the current rollouts' L1rel per
+        step (GCPO: high-noise chunks are drawn most). A chunk left empty by ``skip_last_step`` is
+        never drawn."""
+        bounds = trained_bounds(self.chunk_sizes, self.hp["skip_last_step"])
+        candidates = [j for j, (a, b) in enumerate(bounds) if b > a]
         count = self.chunk_sampling.get("count")
-        if not count or count >= k:
-            return list(range(k))
+        if not count or count >= len(candidates):
+            return candidates
         if self.chunk_sampling.get("weighted"):
-            if not self.l1rel:
-                raise ValueError(
-                    "weighted chunk sampling needs the L1rel curve, which is measured on rollouts"
-                )
-            weights = chunk_sampling_weights(torch.tensor(self.l1rel), self.chunk_sizes)
+            if l1rel is None:
+                raise ValueError("weighted chunk sampling needs the rollouts' L1rel curve")
+            curve = torch.as_tensor(l1rel, dtype=torch.float32)
+            sizes = [bounds[j][1] - bounds[j][0] for j in candidates]
+            steps = torch.cat([curve[bounds[j][0] : bounds[j][1]] for j in candidates])
+            weights = chunk_sampling_weights(steps, sizes)
         else:
-            weights = torch.ones(k)
-        return sample_chunks(weights, int(count), generator)
+            weights = torch.ones(len(candidates))
+        return [candidates[i] for i in sample_chunks(weights, int(count), generator)]
 
     # ----------------------------------------------------------------------------------------------
     def training_step(self, prompts: list[str], batch_idx: int) -> None:
         iteration = int(self.iterations_done)
-        gen = torch.Generator().manual_seed(step_seed(self.hp["seed"], self.global_rank, iteration))
+        # Shared by every rank: the same minibatch order (of local samples) and chunk choices.
+        gen = torch.Generator().manual_seed(step_seed(self.hp["seed"], UPDATE_STREAM, iteration))
         self.policy.eval()
-        batch = self.collect(list(prompts), gen)
+        local, first = self.local_prompts(list(prompts))
+        batch = self.collect(local, iteration, first)
         if not self.l1rel:
             self._measure_chunks(batch["condition"], batch["states"][0])
+        # L1rel of this iteration's noisy rollouts (mean over every rank's samples): free, and it follows
+        # the policy as it changes. Weighted chunk sampling draws from it.
+        self.rollout_l1rel = self.gather(relative_l1(batch["states"]).unsqueeze(0)).mean(0).tolist()
         self._log_rewards(batch)
         optimizer = self.optimizers()
         n = len(batch["prompts"])
-        mb = self.hp["train_batch_size"]
-        bounds = chunk_bounds(self.chunk_sizes)
+        mb = self.hp["train_batch_size"] // self.world()[1]
+        bounds = trained_bounds(self.chunk_sizes, self.hp["skip_last_step"])
         stats: dict[str, list[float]] = {
             "loss": [],
             "ratio": [],
@@ -353,7 +464,7 @@ class GRPOModule(L.LightningModule):
             order = torch.randperm(n, generator=gen) if self.hp["inner_epochs"] > 1 else torch.arange(n)
             for start in range(0, n, mb):
                 index = order[start : start + mb].to(self.device)
-                chosen = self.chunks_for_update(gen)
+                chosen = self.chunks_for_update(gen, self.rollout_l1rel)
                 for j in chosen:
                     a, b = bounds[j]
                     new_lp, kl = self.step_log_probs(batch, index, range(a, b))
@@ -363,6 +474,8 @@ class GRPOModule(L.LightningModule):
                         batch["advantages"][index],
                         [b - a],
                         self.hp["clip_range"],
+                        clip_low=self.hp["clip_low"],
+                        clip_high=self.hp["clip_high"],
                     )
                     loss = (out.loss + self.hp["beta"] * kl.mean()) / len(chosen)
                     self.manual_backward(loss)
@@ -381,31 +494,42 @@ class GRPOModule(L.LightningModule):
                 self.log("rl/grad_norm", grad_norm, on_step=True)
         for key, values in stats.items():
             self.log(f"rl/{key}", sum(values) / len(values), on_step=True, prog_bar=key == "ratio")
+        for j, mean in enumerate(chunk_means(torch.tensor(self.rollout_l1rel), self.chunk_sizes).tolist()):
+            self.log(f"rl/l1rel_chunk{j}", mean, on_step=True)
         self.iterations_done += 1
         if self.hp["grid_every"] and iteration % self.hp["grid_every"] == 0:
             self._save_grid(batch["images"], iteration)
 
     @torch.no_grad()
     def _measure_chunks(self, condition: PolicyCondition, noise: torch.Tensor) -> None:
-        """L1rel of the sampler on the first rollouts' noise, and the dynamic chunks read off it.
+        """L1rel of the deterministic sampler from the first rollouts' noise (every sample of every
+        rank), and the dynamic chunks read off it; measured once, so the objective's chunks stay fixed.
 
-        Measured on the deterministic (ODE) trajectory: along the SDE rollouts the injected noise
-        dominates every step's change and hides the drift's dynamics that chunking should follow.
+        The ODE trajectory, not the SDE rollouts: along a rollout the injected noise dominates every
+        step's change and hides the drift's dynamics that the chunk boundaries should follow.
+        (Weighted chunk sampling, in contrast, uses the rollouts' own L1rel, every iteration.)
         """
-        n = min(noise.shape[0], self.hp["rollout_batch_size"])
-        velocity = condition.take(slice(0, n)).velocity(self.policy)
-        _, path = sample_euler(
-            velocity, noise[:n], self.hp["steps"], self.hp["shift"], return_trajectory=True
-        )
-        self.l1rel = relative_l1(path).tolist()
+        bs = self.hp["rollout_batch_size"]
+        curves, counts = [], []
+        for start in range(0, noise.shape[0], bs):
+            part = slice(start, start + bs)
+            velocity = condition.take(part).velocity(self.policy)
+            _, path = sample_euler(
+                velocity, noise[part], self.hp["steps"], self.hp["shift"], return_trajectory=True
+            )
+            curves.append(relative_l1(path) * noise[part].shape[0])
+            counts.append(noise[part].shape[0])
+        local = torch.stack(curves).sum(0) / sum(counts)
+        self.l1rel = self.gather(local.unsqueeze(0)).mean(0).tolist()
         if self.chunking["mode"] == "dynamic":
             self.chunk_sizes = dynamic_chunks(self.l1rel, int(self.chunking.get("num_chunks", 4)))
         log.info("L1rel per step %s -> chunks %s", [round(v, 4) for v in self.l1rel], self.chunk_sizes)
 
     def _log_rewards(self, batch: dict[str, Any]) -> None:
         n = len(batch["prompts"])
-        self.log("rl/reward", batch["reward"].mean(), on_step=True, prog_bar=True, batch_size=n)
-        self.log("rl/reward_std", batch["reward"].std(), on_step=True, batch_size=n)
+        total = batch["global_reward"]  # every rank's: the logs describe the whole iteration
+        self.log("rl/reward", total.mean(), on_step=True, prog_bar=True, batch_size=total.numel())
+        self.log("rl/reward_std", total.std(), on_step=True, batch_size=total.numel())
         for name, values in batch["scores"].items():
             finite = values[~values.isnan()]
             if finite.numel():
@@ -430,12 +554,17 @@ class GRPOModule(L.LightningModule):
         )
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["grpo"] = {"chunk_sizes": self.chunk_sizes, "l1rel": self.l1rel}
+        checkpoint["grpo"] = {
+            "chunk_sizes": self.chunk_sizes,
+            "l1rel": self.l1rel,
+            "rollout_l1rel": self.rollout_l1rel,
+        }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         saved = checkpoint.get("grpo", {})
         self.chunk_sizes = list(saved.get("chunk_sizes", self.chunk_sizes))
         self.l1rel = list(saved.get("l1rel", self.l1rel))
+        self.rollout_l1rel = list(saved.get("rollout_l1rel", self.rollout_l1rel))
 
     def export(self, out_dir: str | Path, extra: Mapping[str, Any] | None = None) -> Path:
         """The fine-tuned model in the training export format (LoRA merged), loadable by miro-generate."""
@@ -459,6 +588,7 @@ class GRPOModule(L.LightningModule):
                     "iterations": int(self.iterations_done),
                     "chunk_sizes": self.chunk_sizes,
                     "l1rel": self.l1rel,
+                    "rollout_l1rel": self.rollout_l1rel,
                     "rewards": self.reward_weights,
                     **(extra or {}),
                 }

@@ -94,15 +94,19 @@ def rollout(
     noise_level: float,
     generator: torch.Generator | None = None,
     precision: str = "fp32",
+    step_noise: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sample trajectories from ``noise`` -> (states [T + 1, N, ...] float32, log-probs [T, N] float32).
 
     The ODE sampler's loop (:func:`~miro.flow.sampling.integrate`) with the Euler step swapped for the
-    SDE step, so rollouts and generation share the schedule and the model call."""
+    SDE step, so rollouts and generation share the schedule and the model call. The SDE's draws come
+    from ``step_noise`` [T, N, ...] when given (pre-drawn per prompt, so a sample is the same whatever
+    the batching), else from ``generator``."""
     log_probs: list[torch.Tensor] = []
 
     def step(x: torch.Tensor, v: torch.Tensor, t: float, t_next: float) -> torch.Tensor:
-        transition = sde_step(x, v.float(), t, t_next, noise_level, generator=generator)
+        eps = None if step_noise is None else step_noise[len(log_probs)]
+        transition = sde_step(x, v.float(), t, t_next, noise_level, generator=generator, noise=eps)
         log_probs.append(transition.log_prob)
         return transition.x_next
 

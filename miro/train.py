@@ -6,6 +6,7 @@ Only wiring: build the pieces the config names, call ``fit``, say where everythi
 from __future__ import annotations
 
 import logging
+import sys
 
 import hydra
 import lightning as L
@@ -13,6 +14,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from miro.config import CONF_DIR, instantiate_group, prepare_run_dir, quiet_eval_mode_warning, set_threads
+from miro.lit.module import NonFiniteTrainingError
 from miro.usage import usage_errors
 
 log = logging.getLogger("miro.train")
@@ -42,7 +44,11 @@ def main(cfg: DictConfig) -> None:
     out = prepare_run_dir(cfg)
     with usage_errors():  # a missing data directory or bins file: one line, exit code 2
         module, datamodule, trainer = build(cfg)
-        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        try:
+            trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        except NonFiniteTrainingError as err:  # one line, not a traceback
+            print(f"error: {err}", file=sys.stderr)
+            sys.exit(1)
     if not trainer.is_global_zero:
         return
     print(f"Run directory:     {out}   (config.yaml: the composed config)")

@@ -14,13 +14,18 @@ Orthogonally, ``cached`` picks what a sample holds (:mod:`miro.data.samples`): r
 or the VAE latents and text-encoder features that ``data_prep.cache_latents`` stored with them. Cached
 batches carry ``latent`` and ``text_tokens``/``text_mask`` instead of ``image`` (captions stay, for
 logging), and the training step then runs neither the VAE nor the text encoder.
+
+``filters`` (:mod:`miro.data.filters`) drop samples by stored score or image size while the shards are
+read; the number kept and dropped is logged and, with ``filter_report``, saved as JSON with the run.
 """
 
 from __future__ import annotations
 
+import json
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -29,6 +34,7 @@ import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset
 
 from miro.data.bins import RewardBins
+from miro.data.filters import FilterCounts, SampleFilter, census, keep_sample
 from miro.data.samples import (
     LATENT_EXT,
     SampleDecodeError,
@@ -38,7 +44,7 @@ from miro.data.samples import (
     decode_sample,
     to_model_range,
 )
-from miro.data.shards import IMAGE_EXTS, expand_shards, iter_shard
+from miro.data.shards import IMAGE_EXTS, expand_shards, iter_shard, write_bytes_atomic
 from miro.utils.text_batch import pad_rows
 
 log = logging.getLogger(__name__)
@@ -51,13 +57,21 @@ def _skip_and_log(err: Exception) -> bool:
 
 
 def decode_all(
-    shards: Sequence[str], decode: Callable[[dict[str, Any]], dict[str, Any]], max_samples: int | None
-) -> tuple[list[dict[str, Any]], int]:
-    """Every decodable sample of ``shards`` (up to ``max_samples``) and how many were skipped."""
+    shards: Sequence[str], decode: Callable[[dict[str, Any]], dict[str, Any]], max_samples: int | None,
+    sample_filter: SampleFilter | None = None,
+) -> tuple[list[dict[str, Any]], int, FilterCounts | None]:
+    """Every decodable sample of ``shards`` that ``sample_filter`` keeps (up to ``max_samples``), how many
+    were skipped as undecodable, and the filter's counts (None without a filter)."""
     examples: list[dict[str, Any]] = []
     skipped = 0
+    counts = FilterCounts() if sample_filter is not None else None
     for path in shards:
         for raw in iter_shard(path):
+            if sample_filter is not None:
+                reason = sample_filter.reject(raw, path)
+                counts.add(reason)
+                if reason is not None:
+                    continue
             try:
                 examples.append(decode(raw))
             except SampleDecodeError as err:
@@ -69,9 +83,10 @@ def decode_all(
         if max_samples is not None and len(examples) >= max_samples:
             break
     if not examples:
-        raise ValueError(f"no usable samples in {list(shards)[:3]}... ({skipped} skipped)")
+        dropped = f", {counts.summary()}" if counts is not None else ""
+        raise ValueError(f"no usable samples in {list(shards)[:3]}... ({skipped} skipped{dropped})")
     log.info("loaded %d samples into memory (%d skipped)", len(examples), skipped)
-    return examples, skipped
+    return examples, skipped, counts
 
 
 class InMemoryShards:
@@ -84,9 +99,11 @@ class InMemoryShards:
         reward_names: Sequence[str],
         bins: RewardBins | None,
         max_samples: int | None = None,
+        sample_filter: SampleFilter | None = None,
     ) -> None:
         decode = partial(decode_sample, image_size=image_size, reward_names=reward_names, bins=bins)
-        examples, self.skipped = decode_all(shards, decode, max_samples)
+        examples, self.skipped, self.filter_counts = decode_all(shards, decode, max_samples, sample_filter)
+        self.keys = [e["key"] for e in examples]
         self.images = torch.stack([e["image"] for e in examples])
         self.captions = [e["caption"] for e in examples]
         self.rewards = torch.stack([e["rewards"] for e in examples])
@@ -113,9 +130,11 @@ class InMemoryCachedShards:
         reward_names: Sequence[str],
         bins: RewardBins | None,
         max_samples: int | None = None,
+        sample_filter: SampleFilter | None = None,
     ) -> None:
         decode = partial(decode_cached_sample, reward_names=reward_names, bins=bins)
-        examples, self.skipped = decode_all(shards, decode, max_samples)
+        examples, self.skipped, self.filter_counts = decode_all(shards, decode, max_samples, sample_filter)
+        self.keys = [e["key"] for e in examples]
         with_std = sum("latent_std" in e for e in examples)
         if with_std not in (0, len(examples)):
             raise ValueError(
@@ -186,7 +205,9 @@ class ShardDataModule(L.LightningDataModule):
 
     With ``cached``, ``image_size`` must be the size ``cache-latents`` cropped to: batches do not use
     it, but sample grids and the export record it as the pixel size. ``pin_memory`` speeds up
-    host-to-GPU copies; ``prefetch_factor`` batches are kept ready per worker.
+    host-to-GPU copies; ``prefetch_factor`` batches are kept ready per worker. ``filters``: rules of
+    :mod:`miro.data.filters` (None: keep everything); streaming counts them in a census over the
+    shards' small fields at setup (``filter_census``), in-memory while loading.
     """
 
     def __init__(
@@ -204,8 +225,15 @@ class ShardDataModule(L.LightningDataModule):
         cached: bool = False,
         pin_memory: bool = False,
         prefetch_factor: int | None = None,
+        filters: Sequence[Mapping[str, Any]] | Mapping[str, Any] | None = None,
+        filter_report: str | None = None,
+        filter_census: bool = True,
     ) -> None:
         super().__init__()
+        self.sample_filter = SampleFilter.from_config(filters)
+        self.filter_report = filter_report
+        self.filter_census = filter_census
+        self.filter_counts: FilterCounts | None = None
         self.shards = shards
         self.bins_path = bins_path
         self.reward_names = list(reward_names)
@@ -240,12 +268,40 @@ class ShardDataModule(L.LightningDataModule):
         if self.in_memory and self._memory is None:
             if self.cached:
                 self._memory = InMemoryCachedShards(
-                    self.urls, self.reward_names, self.bins, self.max_in_memory_samples
+                    self.urls, self.reward_names, self.bins, self.max_in_memory_samples, self.sample_filter
                 )
             else:
                 self._memory = InMemoryShards(
-                    self.urls, self.image_size, self.reward_names, self.bins, self.max_in_memory_samples
+                    self.urls, self.image_size, self.reward_names, self.bins, self.max_in_memory_samples,
+                    self.sample_filter,
                 )
+            self._report_filter(self._memory.filter_counts, "in_memory")
+        elif not self.in_memory and self.sample_filter is not None and self.filter_census:
+            if self.filter_counts is None:
+                counts = census(self.urls, self.sample_filter)
+                if counts.kept == 0:
+                    raise ValueError(f"data.filters drop every sample of {self.shards}: {counts.summary()}")
+                self._report_filter(counts, "census")
+
+    def _report_filter(self, counts: FilterCounts | None, how: str) -> None:
+        """Log the filter's kept/dropped counts and save them (rank 0) to ``filter_report``."""
+        if counts is None:
+            return
+        self.filter_counts = counts
+        log.info("%s", counts.summary())
+        rank_zero = self.trainer is None or self.trainer.is_global_zero
+        if self.filter_report and rank_zero:
+            report = counts.to_json() | {
+                "counted": how,
+                "shards": len(self.urls),
+                "rules": [
+                    {"shards": r.shards, "min_scores": dict(r.min_scores), "max_scores": dict(r.max_scores),
+                     "min_width": r.min_width, "min_height": r.min_height}
+                    for r in self.sample_filter.rules
+                ],
+            }
+            Path(self.filter_report).parent.mkdir(parents=True, exist_ok=True)
+            write_bytes_atomic(self.filter_report, (json.dumps(report, indent=2) + "\n").encode())
 
     def _check_mode(self, shard: str) -> None:
         """Fail now if the shards do not hold what the mode reads: the endless resampled stream would
@@ -283,6 +339,7 @@ class ShardDataModule(L.LightningDataModule):
             # draw a fresh stream instead of replaying the shards it already saw.
             wds.ResampledShards(self.urls, seed=step_seed(self.seed, 0, start), deterministic=True),
             wds.tarfile_to_samples(handler=_skip_and_log),
+            *([wds.select(partial(keep_sample, self.sample_filter))] if self.sample_filter else []),
             wds.shuffle(self.shuffle_buffer),
             wds.map(decode, handler=_skip_and_log),
             wds.batched(self.batch_size, collation_fn=collation, partial=False),

@@ -24,8 +24,9 @@ FLOPs, counted two ways:
   (``tests/test_bench_flops.py``).
 
 A training step costs 3 forward passes' FLOPs (backward = 2x forward for every matrix product); the
-reference recipe adds, on 90% of samples, a no-grad forward for latent self-conditioning, counted
-too. MFU = counted training FLOPs x images/s / peak, with the peak the H100 SXM's dense bf16 989
+reference recipe adds a forward over the whole batch for latent self-conditioning (its output is kept
+for 90% of samples, but the pass runs for all), counted too (:func:`miro.models.dit.training_flops`).
+MFU = counted training FLOPs x images/s / peak, with the peak the H100 SXM's dense bf16 989
 TFLOP/s (``--peak-tflops`` for other GPUs). Gradient checkpointing would not change it (recomputation
 is not model FLOPs); it is off here.
 
@@ -307,7 +308,9 @@ def bench_reference_train(
     net.eval()
     one = {**reference_batch(1, device), "y": x0[:1], "gamma": torch.full((1,), 0.5, device=device)}
     fwd = counted_flops(lambda: precond(net, dict(one)))
-    train = (3 + REFERENCE_SELF_COND_RATE) * fwd
+    from miro.models.dit import training_flops
+
+    train = training_flops(fwd, REFERENCE_SELF_COND_RATE)
     n_params = sum(p.numel() for p in net.parameters()) + sum(p.numel() for p in precond.parameters())
     return _train_result("miro-t2i RIN (reference)", n_params, batch, compile, seconds, fwd, train, device)
 

@@ -124,6 +124,32 @@ class GuidanceSchedule:
         return torch.where(inside, w, torch.zeros_like(w))
 
 
+class SelfConditionedCalls:
+    """Calls a self-conditioned network along one trajectory: each call gets the output tokens of the
+    previous call of the same branch (positive, negative), as MIRO's sampler passes its latents from step
+    to step. The first call of a branch gets none; a branch that skipped steps (outside a guidance
+    interval) gets zeros, the trained "no estimate" input. A network without self-conditioning is
+    called plainly."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.enabled = bool(getattr(model, "self_conditioning", False))
+        self.previous: dict[str, torch.Tensor] = {}
+
+    def __call__(self, branches: Sequence[str], x: torch.Tensor, *args: torch.Tensor | None) -> torch.Tensor:
+        if not self.enabled:
+            return self.model(x, *args)
+        known = [self.previous.get(b) for b in branches]
+        previous = None
+        if any(p is not None for p in known):
+            like = next(p for p in known if p is not None)
+            previous = torch.cat([p if p is not None else torch.zeros_like(like) for p in known])
+        v, tokens = self.model(x, *args, previous_tokens=previous, return_tokens=True)
+        for branch, part in zip(branches, tokens.chunk(len(branches)), strict=True):
+            self.previous[branch] = part
+        return v
+
+
 def guided_velocity_fn(
     model: nn.Module,
     text_tokens: torch.Tensor,
@@ -148,9 +174,10 @@ def guided_velocity_fn(
     """
     if schedule is not None and schedule.scale != scale:
         raise ValueError(f"schedule.scale {schedule.scale} differs from scale {scale}")
+    calls = SelfConditionedCalls(model)
     if scale == 0:
         def conditional(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            return model(x, t, text_tokens, text_mask, rewards, reward_mask)
+            return calls(["pos"], x, t, text_tokens, text_mask, rewards, reward_mask)
 
         return conditional
 
@@ -190,10 +217,10 @@ def guided_velocity_fn(
         else:
             weight = schedule.weight(t).to(x.device)
             if not bool(weight.any()):
-                return model(x, t, text_tokens, text_mask, rewards, reward_mask)
+                return calls(["pos"], x, t, text_tokens, text_mask, rewards, reward_mask)
             weight = weight.to(x.dtype).reshape(-1, *([1] * (x.ndim - 1)))
         x2, t2 = torch.cat([x, x]), torch.cat([t, t])
-        v = model(x2, t2, both_tokens, both_mask, both_rewards, both_reward_mask)
+        v = calls(["pos", "neg"], x2, t2, both_tokens, both_mask, both_rewards, both_reward_mask)
         v_pos, v_neg = v.chunk(2)
         return v_pos + weight * (v_pos - v_neg)
 

@@ -71,8 +71,16 @@ class MiroModule(L.LightningModule):
         seed: int = 0,
         optimizer: str = "adamw",
         max_nonfinite_steps: int | None = 5,
+        self_cond_rate: float = 0.0,
     ) -> None:
         super().__init__()
+        if not 0.0 <= self_cond_rate <= 1.0:
+            raise ValueError(f"module.self_cond_rate must be in [0, 1], got {self_cond_rate}")
+        if self_cond_rate > 0 and not getattr(model, "self_conditioning", False):
+            raise ValueError(
+                "module.self_cond_rate > 0 needs a network built with self-conditioning "
+                "(model.self_conditioning=true)"
+            )
         if optimizer not in OPTIMIZERS:
             raise ValueError(f"module.optimizer must be one of {', '.join(OPTIMIZERS)}, got {optimizer!r}")
         if max_nonfinite_steps is not None and max_nonfinite_steps < 1:
@@ -97,6 +105,7 @@ class MiroModule(L.LightningModule):
             seed=seed,
             optimizer=optimizer,
             max_nonfinite_steps=max_nonfinite_steps,
+            self_cond_rate=self_cond_rate,
         )
         self._loss: torch.Tensor | None = None  # this step's loss, for the finiteness check
         self._skipped_step = False  # whether the optimiser step now running was skipped
@@ -180,8 +189,27 @@ class MiroModule(L.LightningModule):
         x_t = interpolate(x0, noise, t)
         rewards = batch["rewards"] if self.reward_names else None
         reward_mask = batch["reward_mask"] if self.reward_names else None
-        v = self._forward(x_t, t, tokens, mask, rewards, reward_mask)
+        previous = self.self_condition(x_t, t, tokens, mask, rewards, reward_mask, generator)
+        if previous is None:
+            v = self._forward(x_t, t, tokens, mask, rewards, reward_mask)
+        else:
+            v = self._forward(x_t, t, tokens, mask, rewards, reward_mask, previous_tokens=previous)
         return flow_loss(v, x0, noise)
+
+    def self_condition(
+        self, x_t: torch.Tensor, t: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor,
+        rewards: torch.Tensor | None, reward_mask: torch.Tensor | None, generator: torch.Generator,
+    ) -> torch.Tensor | None:
+        """The previous tokens of a self-conditioned step, as the official loss builds them: a first pass
+        over the whole batch at the same x_t and t, its output tokens detached (no gradient flows through
+        it), kept for a ``self_cond_rate`` share of the samples and zero for the rest. None when off."""
+        rate = self.hp["self_cond_rate"]
+        if rate <= 0:
+            return None
+        with torch.no_grad():
+            _, first = self._forward(x_t, t, tokens, mask, rewards, reward_mask, return_tokens=True)
+        keep = torch.rand(x_t.shape[0], generator=generator, device=generator.device) < rate
+        return first.detach() * keep.to(first.device, first.dtype)[:, None, None]
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         gen = torch.Generator(device=self.device).manual_seed(

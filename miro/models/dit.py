@@ -275,6 +275,7 @@ class MiroDiT(nn.Module):
         conv_channels: int = 0,
         unet_channels: Sequence[int] = (),
         grad_checkpointing: bool = False,
+        self_conditioning: bool = False,
     ) -> None:
         super().__init__()
         unet_channels = [int(c) for c in unet_channels]
@@ -295,7 +296,7 @@ class MiroDiT(nn.Module):
             reward_names=list(reward_names), reward_dropout=float(reward_dropout), fourier_dim=fourier_dim,
             fourier_max_frequency=float(fourier_max_frequency), pooled_text=bool(pooled_text),
             pooled_rewards=bool(pooled_rewards), conv_channels=conv_channels, unet_channels=unet_channels,
-            grad_checkpointing=bool(grad_checkpointing),
+            grad_checkpointing=bool(grad_checkpointing), self_conditioning=bool(self_conditioning),
         )
         self.image_size = image_size
         self.in_channels = in_channels
@@ -303,6 +304,7 @@ class MiroDiT(nn.Module):
         self.grid_size = image_size // token_side_pixels
         self.reward_names = list(reward_names)
         self.grad_checkpointing = grad_checkpointing
+        self.self_conditioning = bool(self_conditioning)
 
         embed_in = in_channels
         self.stem: nn.Module | None = None
@@ -334,6 +336,9 @@ class MiroDiT(nn.Module):
             if pooled_rewards and reward_names else None
         )
         self.blocks = nn.ModuleList(DiTBlock(hidden_size, num_heads, mlp_ratio) for _ in range(depth))
+        self.self_cond: SelfConditioning | None = (
+            SelfConditioning(hidden_size, int(hidden_size * mlp_ratio)) if self_conditioning else None
+        )
         # The transformer's output has the channels its input had: pixels, the stem's or the lowest level's.
         self.final = FinalLayer(hidden_size, patch_size, embed_in)
         self.head: nn.Module | None = None
@@ -363,6 +368,9 @@ class MiroDiT(nn.Module):
             nn.init.zeros_(block.cross.proj.weight)
         nn.init.zeros_(self.final.ada[-1].weight)
         nn.init.zeros_(self.final.ada[-1].bias)
+        if self.self_cond is not None:  # a no-op residual at init, as the official network starts
+            nn.init.zeros_(self.self_cond.norm_out.weight)
+            nn.init.zeros_(self.self_cond.norm_out.bias)
         # Zero output layer -> the first prediction is exactly 0.
         if self.levels is not None:
             out_layer = self.levels.out[-1]
@@ -444,11 +452,15 @@ class MiroDiT(nn.Module):
         text_mask: torch.Tensor,
         rewards: torch.Tensor | None = None,
         reward_mask: torch.Tensor | None = None,
-    ) -> torch.Tensor:
+        previous_tokens: torch.Tensor | None = None,
+        return_tokens: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Velocity (noise - data) for x_t [B, C, H, W] at t [B] in [0, 1] (1 = pure noise).
 
         text_tokens [B, L, text_dim], text_mask [B, L] (True = real token); rewards [B, R] in [0, 1] or
         None (every reward missing); reward_mask [B, R] (True = present) or None (all present).
+        With ``self_conditioning``: ``previous_tokens`` [B, N, hidden] are the transformer's output tokens
+        of an earlier pass (None: none), and ``return_tokens`` also returns this pass's.
         """
         b, ch, h, w = x.shape
         if (ch, h, w) != (self.in_channels, self.image_size, self.image_size):
@@ -468,6 +480,10 @@ class MiroDiT(nn.Module):
         skip = self.stem(x) if self.stem is not None else None
         levels = self.levels.encode(x, c) if self.levels is not None else None
         tokens = self.patchify(levels[-1] if levels else skip if skip is not None else x)  # [B, N, D]
+        if previous_tokens is not None:
+            if self.self_cond is None:
+                raise ValueError("previous_tokens given to a MiroDiT built without self_conditioning")
+            tokens = tokens + self.self_cond(previous_tokens.to(tokens.dtype))
         use_ckpt = self.grad_checkpointing and self.training and torch.is_grad_enabled()
         for block in self.blocks:
             if use_ckpt:
@@ -476,21 +492,51 @@ class MiroDiT(nn.Module):
                 tokens = block(tokens, c, cond, cond_mask)
         out = self.unpatchify(self.final(tokens, c))  # [B, C (or the conv channels), side, side]
         if levels:
-            return self.levels.decode(out, levels, c)
-        if self.head is not None:
+            out = self.levels.decode(out, levels, c)
+        elif self.head is not None:
             out = self.head(torch.cat([out, skip.to(out.dtype)], dim=1))
-        return out
+        return (out, tokens) if return_tokens else out
+
+
+class SelfConditioning(nn.Module):
+    """Latent self-conditioning as MIRO's network does it: the output tokens of an earlier pass (the
+    first pass of a training step, or the previous sampling step) enter the next pass's input tokens as
+    a residual, LN_out(prev + MLP(LN_in(prev))). LN_out starts at zero, so the residual starts as a
+    no-op and the model learns how much to trust its earlier estimate."""
+
+    def __init__(self, hidden_size: int, mlp_size: int) -> None:
+        super().__init__()
+        self.norm_in = nn.LayerNorm(hidden_size, eps=1e-6)
+        self.mlp = nn.Sequential(
+            nn.Linear(hidden_size, mlp_size), nn.GELU(approximate="tanh"), nn.Linear(mlp_size, hidden_size)
+        )
+        self.norm_out = nn.LayerNorm(hidden_size, eps=1e-6)
+
+    def forward(self, previous: torch.Tensor) -> torch.Tensor:
+        return self.norm_out(previous + self.mlp(self.norm_in(previous)))
 
 
 def num_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def flops_per_image(model: MiroDiT, text_length: int) -> float:
+def training_flops(forward_flops: float, self_cond_rate: float = 0.0) -> float:
+    """Training FLOPs per image from one forward's: backward is 2x forward for every matrix product, so
+    3x; self-conditioning adds one more forward. Its first pass runs over the whole batch whatever the
+    share of samples that keep its output (the official loss masks the output, not the pass), so the
+    extra is a full forward for any rate > 0, not ``rate`` forwards."""
+    if not 0.0 <= self_cond_rate <= 1.0:
+        raise ValueError(f"self_cond_rate must be in [0, 1], got {self_cond_rate}")
+    return (3.0 + (1.0 if self_cond_rate > 0 else 0.0)) * forward_flops
+
+
+def flops_per_image(model: MiroDiT, text_length: int, self_conditioned: bool | None = None) -> float:
     """Forward FLOPs of one image: every matrix product (2 FLOPs per multiply-add) of the stem, patch
     embedding, conditioning MLPs, blocks (adaLN, self- and cross-attention, MLP) and head; element-wise
     work is left out (< 1%). Equal to torch's FlopCounterMode count (tests/test_bench_flops.py); the GPU
-    benchmark reports it next to the FLOPs it counts."""
+    benchmark reports it next to the FLOPs it counts. ``self_conditioned`` (default: whether the model
+    has self-conditioning) counts the self-conditioning MLP of a pass given previous tokens; a training
+    step's total is :func:`training_flops`."""
     cfg = model.to_config()
     d, p, c_in = cfg["hidden_size"], cfg["patch_size"], cfg["in_channels"]
     side, conv = cfg["image_size"], cfg["conv_channels"]
@@ -534,5 +580,8 @@ def flops_per_image(model: MiroDiT, text_length: int) -> float:
         + 2 * n * d * mlp  # MLP
     )
     macs += cfg["depth"] * block
+    counted_sc = model.self_conditioning if self_conditioned is None else self_conditioned
+    if counted_sc and model.self_conditioning:
+        macs += n * 2 * d * mlp  # the self-conditioning MLP over the image tokens
     macs += 2 * d * d + n * d * p * p * embed_in  # final layer
     return 2.0 * macs

@@ -151,12 +151,16 @@ def test_outside_the_interval_only_the_conditional_prediction_runs() -> None:
 def test_linear_ramp_weight_by_hand() -> None:
     from miro.flow.guidance import GuidanceSchedule
 
-    ramp = GuidanceSchedule(4.0, (0.2, 0.6), "linear")
+    ramp = GuidanceSchedule(2.0, (0.2, 0.6), "linear")
     w = ramp.weight(torch.tensor([1.0, 0.6, 0.5, 0.4, 0.2, 0.1]))
     torch.testing.assert_close(w, torch.tensor([0.0, 0.0, 1.0, 2.0, 4.0, 0.0]))
+    # over the whole schedule: the released sampler's 2 w (step / steps) at t = 1 - step / steps
+    whole = GuidanceSchedule(7.0, (0.0, 1.0), "linear")
+    steps = torch.arange(50)
+    torch.testing.assert_close(whole.weight(1 - steps / 50), 2 * 7.0 * steps / 50)
     # ... and the guided velocity uses w(t): v_pos + w (v_pos - v_neg), with w = 2 at t = 0.4
     model = _model()
-    fn, x, tokens, mask, pos = _schedule_fn(model, ((0.2, 0.6), "linear"), scale=4.0)
+    fn, x, tokens, mask, pos = _schedule_fn(model, ((0.2, 0.6), "linear"), scale=2.0)
     tt = torch.full((3,), 0.4)
     v_pos = model(x, tt, tokens, mask, pos)
     v_neg = model(x, tt, tokens, mask, torch.zeros_like(pos))

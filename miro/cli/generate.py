@@ -79,8 +79,8 @@ def add_miro_sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--guidance-interval", default=None, metavar="T_LOW,T_HIGH",
                    help="guide only where T_LOW <= t <= T_HIGH (t = 1 noise, 0 data; default: the model's)")
     p.add_argument("--guidance-ramp", choices=("constant", "linear"), default=None,
-                   help="constant w, or w rising linearly from 0 at T_HIGH to w at T_LOW "
-                        "(default: the model's)")
+                   help="constant w, or w rising linearly from 0 at T_HIGH to 2w at T_LOW (mean w; "
+                        "default: the model's)")
     p.add_argument("--no-snap", action="store_true",
                    help="condition on the targets as given instead of the nearest trained level")
 

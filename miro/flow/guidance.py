@@ -86,8 +86,9 @@ class GuidanceSchedule:
 
     ``interval`` = (t_low, t_high): guidance applies where t_low <= t <= t_high and w = 0 elsewhere (the
     conditional prediction). ``ramp="constant"``: w = scale inside; ``"linear"``: w grows linearly from 0
-    at t_high to ``scale`` at t_low, so guidance strengthens as the image forms. The whole schedule
-    (0, 1) with a constant ramp is plain guidance.
+    at t_high to 2 x ``scale`` at t_low (mean ``scale``), so guidance strengthens as the image forms; over
+    the whole schedule that is the released MIRO sampler's "linear" guidance, 2 w (step / steps). The
+    whole schedule (0, 1) with a constant ramp is plain guidance.
     """
 
     scale: float
@@ -120,7 +121,7 @@ class GuidanceSchedule:
         if self.ramp == "constant":
             w = torch.full_like(t, float(self.scale))
         else:
-            w = self.scale * (high - t) / (high - low)
+            w = 2.0 * self.scale * (high - t) / (high - low)
         return torch.where(inside, w, torch.zeros_like(w))
 
 

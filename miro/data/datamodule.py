@@ -15,6 +15,9 @@ or the VAE latents and text-encoder features that ``data_prep.cache_latents`` st
 batches carry ``latent`` and ``text_tokens``/``text_mask`` instead of ``image`` (captions stay, for
 logging), and the training step then runs neither the VAE nor the text encoder.
 
+``synthetic_caption_prob`` mixes in the synthetic captions of ``make caption-shards`` (``syn.txt``; when
+cached, their features): each drawn sample that has one uses it with that probability (MIRO: 0.5).
+
 ``filters`` (:mod:`miro.data.filters`) drop samples by stored score or image size while the shards are
 read; the number kept and dropped is logged and, with ``filter_report``, saved as JSON with the run.
 """
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from functools import partial
 from pathlib import Path
@@ -106,16 +110,23 @@ class InMemoryShards:
         self.keys = [e["key"] for e in examples]
         self.images = torch.stack([e["image"] for e in examples])
         self.captions = [e["caption"] for e in examples]
+        self.syn_captions: list[str | None] = [e.get("syn_caption") for e in examples]
         self.rewards = torch.stack([e["rewards"] for e in examples])
         self.reward_mask = torch.stack([e["reward_mask"] for e in examples])
 
     def __len__(self) -> int:
         return len(self.captions)
 
-    def batch(self, index: torch.Tensor) -> dict[str, Any]:
+    def batch(self, index: torch.Tensor, synthetic: torch.Tensor | None = None) -> dict[str, Any]:
+        """Samples ``index``; rows where ``synthetic`` is True use their synthetic caption, if any."""
+        rows = index.tolist()
+        use = synthetic.tolist() if synthetic is not None else [False] * len(rows)
         return {
             "image": to_model_range(self.images[index]),
-            "caption": [self.captions[i] for i in index.tolist()],
+            "caption": [
+                self.syn_captions[i] if u and self.syn_captions[i] is not None else self.captions[i]
+                for i, u in zip(rows, use, strict=True)
+            ],
             "rewards": self.rewards[index],
             "reward_mask": self.reward_mask[index],
         }
@@ -145,21 +156,33 @@ class InMemoryCachedShards:
         self.latent_std = torch.stack([e["latent_std"] for e in examples]) if with_std else None
         self.text_tokens = [e["text_tokens"] for e in examples]  # float16, unpadded
         self.captions = [e["caption"] for e in examples]
+        self.syn_text_tokens: list[torch.Tensor | None] = [e.get("syn_text_tokens") for e in examples]
+        self.syn_captions: list[str | None] = [e.get("syn_caption") for e in examples]
         self.rewards = torch.stack([e["rewards"] for e in examples])
         self.reward_mask = torch.stack([e["reward_mask"] for e in examples])
 
     def __len__(self) -> int:
         return len(self.captions)
 
-    def batch(self, index: torch.Tensor) -> dict[str, Any]:
+    def batch(self, index: torch.Tensor, synthetic: torch.Tensor | None = None) -> dict[str, Any]:
+        """Samples ``index``; rows where ``synthetic`` is True use their synthetic caption's cached
+        features (and text) if they have them."""
         rows = index.tolist()
-        features = [self.text_tokens[i].float() for i in rows]
+        use = synthetic.tolist() if synthetic is not None else [False] * len(rows)
+        syn = [u and self.syn_text_tokens[i] is not None for i, u in zip(rows, use, strict=True)]
+        features = [
+            (self.syn_text_tokens[i] if s else self.text_tokens[i]).float()
+            for i, s in zip(rows, syn, strict=True)
+        ]
         text_tokens, text_mask = pad_rows(features, features[0].shape[1])
         batch = {
             "latent": self.latents[index],
             "text_tokens": text_tokens,
             "text_mask": text_mask,
-            "caption": [self.captions[i] for i in rows],
+            "caption": [
+                (self.syn_captions[i] or self.captions[i]) if s else self.captions[i]
+                for i, s in zip(rows, syn, strict=True)
+            ],
             "rewards": self.rewards[index],
             "reward_mask": self.reward_mask[index],
         }
@@ -183,6 +206,7 @@ class StepIndexedBatches(IterableDataset):
         seed: int,
         rank: int,
         start_step: int,
+        synthetic_caption_prob: float = 0.0,
     ) -> None:
         self.data, self.batch_size, self.seed, self.rank, self.start_step = (
             data,
@@ -191,13 +215,42 @@ class StepIndexedBatches(IterableDataset):
             rank,
             start_step,
         )
+        self.synthetic_caption_prob = synthetic_caption_prob
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         step = self.start_step
         while True:
             gen = torch.Generator().manual_seed(step_seed(self.seed, self.rank, step))
-            yield self.data.batch(torch.randint(len(self.data), (self.batch_size,), generator=gen))
+            index = torch.randint(len(self.data), (self.batch_size,), generator=gen)
+            synthetic = None
+            if self.synthetic_caption_prob > 0:  # drawn after the index: batches without mixing are unchanged
+                synthetic = torch.rand(self.batch_size, generator=gen) < self.synthetic_caption_prob
+            yield self.data.batch(index, synthetic)
             step += 1
+
+
+class CaptionMixer:
+    """webdataset ``map`` stage of the streaming mode: each example that has a synthetic caption uses it
+    (its cached features too) with probability ``prob``. Seeded per (seed, rank, worker, start step)."""
+
+    def __init__(self, prob: float, seed: int, rank: int, start_step: int) -> None:
+        self.prob, self.seed, self.rank, self.start_step = prob, seed, rank, start_step
+        self._rng: random.Random | None = None
+
+    def __call__(self, example: dict[str, Any]) -> dict[str, Any]:
+        if self._rng is None:
+            info = torch.utils.data.get_worker_info()
+            worker = info.id if info is not None else 0
+            self._rng = random.Random(step_seed(self.seed, self.rank * 1009 + worker, self.start_step))
+        if self._rng.random() >= self.prob:
+            return example
+        cached = "text_tokens" in example
+        if cached and example.get("syn_text_tokens") is not None:
+            example["text_tokens"] = example["syn_text_tokens"]
+            example["caption"] = example.get("syn_caption") or example["caption"]
+        elif not cached and example.get("syn_caption") is not None:
+            example["caption"] = example["syn_caption"]
+        return example
 
 
 class ShardDataModule(L.LightningDataModule):
@@ -228,8 +281,12 @@ class ShardDataModule(L.LightningDataModule):
         filters: Sequence[Mapping[str, Any]] | Mapping[str, Any] | None = None,
         filter_report: str | None = None,
         filter_census: bool = True,
+        synthetic_caption_prob: float = 0.0,
     ) -> None:
         super().__init__()
+        if not 0.0 <= synthetic_caption_prob <= 1.0:
+            raise ValueError(f"data.synthetic_caption_prob must be in [0, 1], got {synthetic_caption_prob}")
+        self.synthetic_caption_prob = float(synthetic_caption_prob)
         self.sample_filter = SampleFilter.from_config(filters)
         self.filter_report = filter_report
         self.filter_census = filter_census
@@ -324,7 +381,9 @@ class ShardDataModule(L.LightningDataModule):
         rank = self.trainer.global_rank if self.trainer is not None else 0
         start = self.trainer.global_step if self.trainer is not None else 0
         if self._memory is not None:
-            dataset = StepIndexedBatches(self._memory, self.batch_size, self.seed, rank, start)
+            dataset = StepIndexedBatches(
+                self._memory, self.batch_size, self.seed, rank, start, self.synthetic_caption_prob
+            )
             return DataLoader(dataset, batch_size=None, num_workers=0, pin_memory=self.pin_memory)
         if self.cached:
             decode = partial(decode_cached_sample, reward_names=self.reward_names, bins=self.bins)
@@ -342,6 +401,8 @@ class ShardDataModule(L.LightningDataModule):
             *([wds.select(partial(keep_sample, self.sample_filter))] if self.sample_filter else []),
             wds.shuffle(self.shuffle_buffer),
             wds.map(decode, handler=_skip_and_log),
+            *([wds.map(CaptionMixer(self.synthetic_caption_prob, self.seed, rank, start))]
+              if self.synthetic_caption_prob > 0 else []),
             wds.batched(self.batch_size, collation_fn=collation, partial=False),
         )
         return DataLoader(

@@ -115,3 +115,15 @@ def test_lamb_is_timms_and_its_first_step_matches_the_formula(scored_shapes: Pat
     torch.testing.assert_close(p.detach(), before - lr * trust * update, rtol=1e-5, atol=1e-6)
     with pytest.raises(Exception, match="module.optimizer must be one of adamw, lamb"):  # Hydra wraps it
         build(_cfg(scored_shapes, tmp_path, "module.optimizer=sgd"))
+
+
+def test_cc12m_composes_every_recipe_piece_as_miro_used_it() -> None:
+    cfg = compose_config("train", ["+experiment=cc12m"])
+    assert cfg.module.optimizer == "lamb" and cfg.module.self_cond_rate == 0.9
+    assert cfg.model.self_conditioning and (cfg.model.refiner_depth, cfg.model.refiner_registers) == (2, 16)
+    assert cfg.data.synthetic_caption_prob == 0.5
+    assert list(cfg.data.filters) == [{"shards": "laion-*", "min_scores": {"aesthetic": 6.0}}]
+    assert (cfg.sampling.guidance, cfg.sampling.steps, cfg.sampling.negative_prompt) == (7.0, 50, "")
+    demo = compose_config("train", ["+experiment=shapes"])  # the embedded default keeps every piece off
+    assert demo.module.optimizer == "adamw" and demo.module.self_cond_rate == 0.0
+    assert demo.data.synthetic_caption_prob == 0.0 and demo.data.filters is None

@@ -170,6 +170,28 @@ class DiTBlock(nn.Module):
         return x
 
 
+class RefinerBlock(nn.Module):
+    """Pre-norm self-attention and MLP over the conditioning tokens, each residual scaled by a learned
+    per-channel layer scale starting at 0.1 (the official conditioning mapping's blocks)."""
+
+    def __init__(self, hidden_size: int, num_heads: int, mlp_ratio: float, layer_scale: float = 0.1) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(hidden_size, eps=1e-6)
+        self.attn = Attention(hidden_size, num_heads)
+        self.norm2 = nn.LayerNorm(hidden_size, eps=1e-6)
+        hidden_mlp = int(hidden_size * mlp_ratio)
+        self.mlp = nn.Sequential(
+            nn.Linear(hidden_size, hidden_mlp), nn.GELU(approximate="tanh"),
+            nn.Linear(hidden_mlp, hidden_size),
+        )
+        self.scale1 = nn.Parameter(torch.full((hidden_size,), layer_scale))
+        self.scale2 = nn.Parameter(torch.full((hidden_size,), layer_scale))
+
+    def forward(self, x: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
+        x = x + self.scale1 * self.attn(self.norm1(x), key_mask=key_mask)
+        return x + self.scale2 * self.mlp(self.norm2(x))
+
+
 class FinalLayer(nn.Module):
     """adaLN-modulated norm + linear to ``patch_size**2 * out_channels`` per token."""
 
@@ -276,11 +298,18 @@ class MiroDiT(nn.Module):
         unet_channels: Sequence[int] = (),
         grad_checkpointing: bool = False,
         self_conditioning: bool = False,
+        refiner_depth: int = 0,
+        refiner_registers: int = 0,
     ) -> None:
         super().__init__()
         unet_channels = [int(c) for c in unet_channels]
         if conv_channels > 0 and unet_channels:
             raise ValueError("conv_channels and unet_channels are alternatives: set one of them")
+        if refiner_depth < 0 or refiner_registers < 0 or (refiner_registers and not refiner_depth):
+            raise ValueError(
+                f"refiner_depth and refiner_registers must be >= 0, registers only with a refiner "
+                f"(depth > 0); got depth {refiner_depth}, registers {refiner_registers}"
+            )
         if any(c < 1 for c in unet_channels):
             raise ValueError(f"unet_channels must be positive, got {unet_channels}")
         # The transformer sees the lowest conv level: each level below the first halves the side.
@@ -297,6 +326,7 @@ class MiroDiT(nn.Module):
             fourier_max_frequency=float(fourier_max_frequency), pooled_text=bool(pooled_text),
             pooled_rewards=bool(pooled_rewards), conv_channels=conv_channels, unet_channels=unet_channels,
             grad_checkpointing=bool(grad_checkpointing), self_conditioning=bool(self_conditioning),
+            refiner_depth=int(refiner_depth), refiner_registers=int(refiner_registers),
         )
         self.image_size = image_size
         self.in_channels = in_channels
@@ -336,6 +366,14 @@ class MiroDiT(nn.Module):
             if pooled_rewards and reward_names else None
         )
         self.blocks = nn.ModuleList(DiTBlock(hidden_size, num_heads, mlp_ratio) for _ in range(depth))
+        # The optional refiner (MIRO's conditioning mapping): learned registers, then a few self-attention
+        # blocks over [reward tokens, registers, text tokens] before the DiT cross-attends to all of them.
+        self.refiner = nn.ModuleList(
+            RefinerBlock(hidden_size, num_heads, mlp_ratio) for _ in range(refiner_depth)
+        )
+        self.registers = (
+            nn.Parameter(torch.zeros(refiner_registers, hidden_size)) if refiner_registers else None
+        )
         self.self_cond: SelfConditioning | None = (
             SelfConditioning(hidden_size, int(hidden_size * mlp_ratio)) if self_conditioning else None
         )
@@ -368,6 +406,8 @@ class MiroDiT(nn.Module):
             nn.init.zeros_(block.cross.proj.weight)
         nn.init.zeros_(self.final.ada[-1].weight)
         nn.init.zeros_(self.final.ada[-1].bias)
+        if self.registers is not None:
+            nn.init.trunc_normal_(self.registers, std=0.02, a=-0.04, b=0.04)
         if self.self_cond is not None:  # a no-op residual at init, as the official network starts
             nn.init.zeros_(self.self_cond.norm_out.weight)
             nn.init.zeros_(self.self_cond.norm_out.bias)
@@ -440,9 +480,18 @@ class MiroDiT(nn.Module):
         if self.pooled_reward_proj is not None:
             c = c + self.pooled_reward_proj(reward_tokens.mean(dim=1).to(c.dtype))
         text = self.text_proj(text_tokens)
-        cond = torch.cat([text, reward_tokens.to(text.dtype)], dim=1)
         reward_keys = torch.ones(b, reward_tokens.shape[1], dtype=torch.bool, device=text_mask.device)
-        return c, cond, torch.cat([text_mask, reward_keys], dim=1)
+        if not len(self.refiner):
+            cond = torch.cat([text, reward_tokens.to(text.dtype)], dim=1)
+            return c, cond, torch.cat([text_mask, reward_keys], dim=1)
+        parts, masks = [reward_tokens.to(text.dtype)], [reward_keys]
+        if self.registers is not None:
+            parts.append(self.registers.to(text.dtype).expand(b, -1, -1))
+            masks.append(torch.ones(b, self.registers.shape[0], dtype=torch.bool, device=text_mask.device))
+        cond, cond_mask = torch.cat([*parts, text], dim=1), torch.cat([*masks, text_mask], dim=1)
+        for block in self.refiner:
+            cond = block(cond, cond_mask)
+        return c, cond, cond_mask
 
     def forward(
         self,
@@ -542,7 +591,8 @@ def flops_per_image(model: MiroDiT, text_length: int, self_conditioned: bool | N
     side, conv = cfg["image_size"], cfg["conv_channels"]
     levels = list(cfg.get("unet_channels", []))
     n, r = model.grid_size**2, model.num_rewards
-    m, mlp = text_length + r, int(d * cfg["mlp_ratio"])
+    registers, refiner_depth = cfg.get("refiner_registers", 0), cfg.get("refiner_depth", 0)
+    m, mlp = text_length + r + registers, int(d * cfg["mlp_ratio"])
     freq = model.t_embedder.mlp[0].in_features
     fourier = cfg["fourier_dim"]
     macs = 0
@@ -580,6 +630,7 @@ def flops_per_image(model: MiroDiT, text_length: int, self_conditioned: bool | N
         + 2 * n * d * mlp  # MLP
     )
     macs += cfg["depth"] * block
+    macs += refiner_depth * (4 * m * d * d + 2 * m * m * d + 2 * m * d * mlp)  # refiner: attention + MLP
     counted_sc = model.self_conditioning if self_conditioned is None else self_conditioned
     if counted_sc and model.self_conditioning:
         macs += n * 2 * d * mlp  # the self-conditioning MLP over the image tokens

@@ -230,7 +230,12 @@ class MiroModule(L.LightningModule):
         if self._loss is not None:
             finite &= torch.isfinite(self._loss).all().to(finite.device)
         if grads:
-            finite &= torch.isfinite(torch.nn.utils.get_total_norm(grads)).to(finite.device)
+            total_norm = getattr(torch.nn.utils, "get_total_norm", None)  # torch >= 2.6: one foreach kernel
+            if total_norm is not None:
+                norm = total_norm(grads)
+            else:
+                norm = torch.stack([g.detach().float().norm() for g in grads]).norm()
+            finite &= torch.isfinite(norm).to(finite.device)
         ok = bool(finite)
         if self._trainer is not None:
             ok = self.trainer.strategy.reduce_boolean_decision(ok, all=True)

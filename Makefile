@@ -33,7 +33,7 @@ DEMO_STEPS ?= $(shell echo $$(( $(DEMO_MINUTES) * $(STEPS_PER_MINUTE) )))
 PROMPTS ?= conf/prompts/shapes_demo.txt
 ARGS ?=
 
-.PHONY: setup test test-slow lint data score-shards fit-bins cache-latents train samples eval demo grpo grpo-study report bench bench-gpu clean-demo
+.PHONY: setup test test-slow lint data caption-shards score-shards fit-bins cache-latents train samples eval demo grpo grpo-study report bench bench-gpu clean-demo
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON_BASE) -m venv $(VENV)
@@ -63,6 +63,11 @@ score-shards: setup
 
 fit-bins: setup
 	$(PY) -m data_prep.fit_bins input=$(SCORED) out=$(BINS) n_bins=$(N_BINS) $(ARGS)
+
+# A synthetic caption per sample (KEY.syn.txt) from a vision-language model (conf/caption_shards.yaml),
+# before scoring: make caption-shards DEMO_DIR=/data/cc12m ARGS="device=cuda", then score SHARDS=.../captioned
+caption-shards: setup
+	$(PY) -m data_prep.caption_shards input=$(SHARDS) output=$(DEMO_DIR)/captioned $(ARGS)
 
 # The cc12m recipe's latents and FLAN-T5 features, next to the scored shards (docs/cc12m.md), e.g.
 #   make cache-latents DEMO_DIR=/data/cc12m ARGS="device=cuda text_encoder.dtype=bfloat16"

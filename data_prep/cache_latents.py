@@ -15,6 +15,8 @@ skip the JPEG decoder and every frozen encoder (format: :mod:`miro.data.samples`
   rather than bfloat16 because numpy has no bfloat16 and because T5's final-layer-norm outputs are
   small (|x| << 65504), where float16's 3 extra mantissa bits are worth more than bfloat16's range.
   A value that does overflow is caught: the sample is skipped and reported, never written as inf.
+* ``KEY.syn_text_tokens.npy``: the same for the synthetic caption (``KEY.syn.txt``, from
+  ``make caption-shards``), when the sample has one; training mixes the two (``data.synthetic_caption_prob``).
 
 Guarantees, as scoring's (both run on :mod:`miro.data.shard_stage`): an output shard and its report
 appear atomically and a shard is done when both exist, so a killed run restarted skips finished shards
@@ -43,11 +45,13 @@ from data_prep import require, run_stage, shard_progress
 from miro.data.samples import (
     LATENT_EXT,
     LATENT_STD_EXT,
+    SYN_TEXT_TOKENS_EXT,
     TEXT_TOKENS_EXT,
     SampleDecodeError,
     caption_of,
     decode_image,
     encode_array,
+    synthetic_caption_of,
     to_model_range,
 )
 from miro.data.shard_stage import (
@@ -67,7 +71,7 @@ from miro.models.vae import LatentVAE
 log = logging.getLogger(__name__)
 
 LATENT_MODES = ("mean", "mean_std", "sample")
-CACHED_EXTS = (LATENT_EXT, LATENT_STD_EXT, TEXT_TOKENS_EXT)
+CACHED_EXTS = (LATENT_EXT, LATENT_STD_EXT, TEXT_TOKENS_EXT, SYN_TEXT_TOKENS_EXT)
 
 
 class CacheConfigError(StageConfigError):
@@ -124,6 +128,7 @@ class _Item:
     sample: dict[str, Any]
     image: torch.Tensor  # uint8 [3, S, S]
     caption: str
+    syn_caption: str | None = None
 
 
 def _prepare(sample: dict[str, Any], image_size: int) -> _Item | str:
@@ -135,9 +140,10 @@ def _prepare(sample: dict[str, Any], image_size: int) -> _Item | str:
     try:
         image = decode_image(sample[ext], key, image_size)
         caption = caption_of(sample, key)
+        syn_caption = synthetic_caption_of(sample, key)
     except SampleDecodeError as err:
         return str(err).removeprefix(f"sample {key}: ")
-    return _Item(sample, image, caption)
+    return _Item(sample, image, caption, syn_caption)
 
 
 @dataclass
@@ -156,6 +162,14 @@ def _encode_batch(
     latent, std = encode_latents(vae, images, keys, mode, seed)
     with torch.no_grad():
         tokens, mask = text_encoder([it.caption for it in items])
+        with_syn = [i for i, it in enumerate(items) if it.syn_caption is not None]
+        syn_rows: dict[int, np.ndarray] = {}
+        if with_syn:
+            syn_tokens, syn_mask = text_encoder([items[i].syn_caption for i in with_syn])
+            syn_tokens, syn_mask = syn_tokens.float().cpu(), syn_mask.cpu()
+            syn_rows = {
+                i: syn_tokens[j, syn_mask[j]].numpy().astype(np.float16) for j, i in enumerate(with_syn)
+            }
     latent, tokens, mask = latent.cpu(), tokens.float().cpu(), mask.cpu()
     std = std.cpu() if std is not None else None
     out: list[_Encoded | str] = []
@@ -170,7 +184,13 @@ def _encode_batch(
         if not np.isfinite(row).all():
             out.append("text features are not finite in float16 (overflow)")
             continue
+        syn = syn_rows.get(i)
+        if syn is not None and (syn.shape[0] == 0 or not np.isfinite(syn).all()):
+            out.append("synthetic caption features are empty or not finite in float16")
+            continue
         fields = {LATENT_EXT: encode_array(latent[i].numpy()), TEXT_TOKENS_EXT: encode_array(row)}
+        if syn is not None:
+            fields[SYN_TEXT_TOKENS_EXT] = encode_array(syn)
         if std is not None:
             fields[LATENT_STD_EXT] = encode_array(std[i].numpy())
         out.append(_Encoded(fields, list(latent.shape[1:]), list(row.shape)))

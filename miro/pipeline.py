@@ -9,6 +9,12 @@ requested targets and sets only those rewards to 0, so guidance amplifies them a
 rewards are steered by conditioning only. On the shapes demo the all-zero negative pushed colourfulness
 far beyond anything in the training data (and overrode the caption's colours); guiding alignment alone
 kept every reward inside the data's range (docs/demo.md).
+
+MIRO's own sampling options, each a key of the model's ``sampling`` defaults and an argument here:
+``push`` (positive all high, negative all high except one reward low), ``negative_prompt`` (null: the
+same caption in both branches; ``""``: the empty prompt, the released MIRO pipeline's default),
+``guidance_interval`` / ``guidance_ramp`` (:class:`miro.flow.guidance.GuidanceSchedule`). Targets snap
+to the levels the model was trained on (:func:`snap_targets`).
 """
 
 from __future__ import annotations
@@ -22,16 +28,30 @@ import torch
 from PIL import Image
 from torch import nn
 
-from miro.flow.guidance import guided_velocity_fn
+from miro.flow.guidance import GuidanceSchedule, guided_velocity_fn, snap_to_level
 from miro.flow.sampling import VelocityFn, sample_euler
 from miro.pretrained import Pretrained, load_pretrained
 from miro.utils.hardware import PRECISION_CHOICES, resolve_precision
 
 TARGET_MAX = 10.0
 # Used only for an export whose config has no "sampling" section (training always writes one).
-FALLBACK_SAMPLING: dict[str, Any] = {"guidance": 1.5, "steps": 25, "shift": 1.0, "guided_rewards": None}
+FALLBACK_SAMPLING: dict[str, Any] = {
+    "guidance": 1.5, "steps": 25, "shift": 1.0, "guided_rewards": None,
+    "negative_prompt": None, "guidance_interval": None, "guidance_ramp": "constant",
+}
 PRECISIONS = PRECISION_CHOICES  # auto: bf16 where the device computes it natively, else fp32
 EncodeText = Callable[[list[str]], tuple[torch.Tensor, torch.Tensor]]
+
+
+class _ModelDefault:
+    """The type of :data:`MODEL_DEFAULT`: "use the model's setting", distinct from None (a real value)."""
+
+    def __repr__(self) -> str:
+        return "MODEL_DEFAULT"
+
+
+# negative_prompt=None means "the same caption"; this sentinel means "whatever the model's sampling says".
+MODEL_DEFAULT: Any = _ModelDefault()
 
 
 def sampling_settings(
@@ -96,6 +116,42 @@ def parse_reward_spec(spec: str | Mapping[str, float] | None, valid_names: Seque
     return out
 
 
+def trained_levels(bins: Any, reward_names: Sequence[str]) -> dict[str, int]:
+    """{reward: number of levels it was trained with} from a model's fitted bins (empty without bins)."""
+    if bins is None:
+        return {}
+    return {n: int(bins.n_levels(n)) for n in reward_names if n in bins.names}
+
+
+def snap_targets(targets: Mapping[str, float], levels: Mapping[str, int]) -> dict[str, float]:
+    """Targets 0..10 -> the nearest target the model was trained on, 10 k / (B - 1) for a reward with B
+    levels (``aesthetic=9`` with 64 levels -> 10 * 57 / 63 = 9.048). Rewards without known levels keep
+    their target."""
+    out = {}
+    for name, target in targets.items():
+        if name in levels:
+            value, _ = snap_to_level(target / TARGET_MAX, levels[name])
+            out[name] = value * TARGET_MAX
+        else:
+            out[name] = float(target)
+    return out
+
+
+def level_record(targets: Mapping[str, float], levels: Mapping[str, int]) -> dict[str, dict[str, Any]]:
+    """What a per-image record says about each reward: the requested target, and the trained level and
+    conditioning value actually used (level and levels are null for a reward without known bins)."""
+    out: dict[str, dict[str, Any]] = {}
+    for name, target in targets.items():
+        if name in levels:
+            value, level = snap_to_level(target / TARGET_MAX, levels[name])
+            out[name] = {"target": float(target), "level": level, "levels": int(levels[name]),
+                         "value": value}
+        else:
+            out[name] = {"target": float(target), "level": None, "levels": None,
+                         "value": target / TARGET_MAX}
+    return out
+
+
 def canonical_reward_name(name: str, valid_names: Sequence[str]) -> str:
     """A model reward name from a name or registered alias; an error listing the valid ones otherwise."""
     from miro.rewards.base import UnknownRewardError, resolve_name
@@ -140,23 +196,44 @@ def target_values(
     return torch.tensor([targets.get(n, default) / TARGET_MAX for n in reward_names], dtype=torch.float32)
 
 
+def branch_targets(
+    reward_names: Sequence[str],
+    targets: Mapping[str, float] | str | None,
+    negative: Mapping[str, float] | str | None,
+    guided_rewards: Sequence[str] | None,
+    push: str | None = None,
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Targets 0..10 of both branches, every reward named: unnamed positive targets are 10; the negative
+    branch follows :func:`negative_targets`. ``push=NAME`` is the paper's "push one reward": the
+    negative branch copies the positive targets (all 10 unless set) with only NAME at 0."""
+    requested = parse_reward_spec(targets, reward_names)
+    if push is not None:
+        if negative is not None:
+            raise RewardSpecError(
+                "give either push or negative rewards, not both: push builds the negative branch"
+            )
+        guided_rewards = [canonical_reward_name(push, reward_names)]
+    negatives = negative_targets(reward_names, requested, negative, guided_rewards)
+    return {n: requested.get(n, TARGET_MAX) for n in reward_names}, negatives
+
+
 def reward_condition(
     reward_names: Sequence[str],
     targets: Mapping[str, float] | str | None,
     negative: Mapping[str, float] | str | None,
     guided_rewards: Sequence[str] | None,
+    push: str | None = None,
+    levels: Mapping[str, int] | None = None,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """Conditioning values [R] of the positive and negative branch from user targets (0..10): unnamed
-    positive targets are 10, the negative branch follows :func:`negative_targets`. None for a model
+    """Conditioning values [R] of the positive and negative branch from user targets (0..10), built by
+    :func:`branch_targets` and, given ``levels``, snapped to the trained levels. None for a model
     without rewards. Generation and GRPO's rollouts condition through this one function."""
     if not reward_names:
         return None, None
-    requested = parse_reward_spec(targets, reward_names)
-    negatives = negative_targets(reward_names, requested, negative, guided_rewards)
-    return (
-        target_values(reward_names, requested, default=TARGET_MAX),
-        target_values(reward_names, negatives, default=0.0),
-    )
+    positive, negatives = branch_targets(reward_names, targets, negative, guided_rewards, push)
+    if levels:
+        positive, negatives = snap_targets(positive, levels), snap_targets(negatives, levels)
+    return target_values(reward_names, positive), target_values(reward_names, negatives, default=0.0)
 
 
 @torch.no_grad()
@@ -175,6 +252,8 @@ def generate_images(
     vae: nn.Module | None = None,
     device: torch.device | str = "cpu",
     precision: str = "auto",
+    guidance_interval: Sequence[float] | None = None,
+    guidance_ramp: str | None = None,
 ) -> torch.Tensor:
     """Sample one image per prompt -> uint8 [B, 3, H, W].
 
@@ -183,6 +262,8 @@ def generate_images(
     reproduced on its own. ``precision="bf16"`` runs the network under bfloat16 autocast (the sampler
     state stays float32): 2.5x faster on a CPU with native bf16, ~10x slower on one without, at the cost
     of images that differ from float32 ones by rounding; ``"auto"`` picks bf16 only where it is native.
+    ``guidance_interval`` / ``guidance_ramp``: see
+    :class:`~miro.flow.guidance.GuidanceSchedule` (None: plain guidance over the whole trajectory).
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
@@ -208,9 +289,11 @@ def generate_images(
         reward_mask = torch.ones_like(rewards, dtype=torch.bool)
         neg_rewards = _per_image(negative if negative is not None else torch.zeros_like(positive), b, device)
     use_guidance = guidance != 0 and (rewards is not None or neg_tokens is not None)
+    scale = guidance if use_guidance else 0.0
     velocity = guided_velocity_fn(
-        model, tokens, mask, rewards, reward_mask, scale=guidance if use_guidance else 0.0,
+        model, tokens, mask, rewards, reward_mask, scale=scale,
         neg_rewards=neg_rewards, neg_text_tokens=neg_tokens, neg_text_mask=neg_mask,
+        schedule=GuidanceSchedule.from_settings(scale, guidance_interval, guidance_ramp),
     )
     if precision == "bf16":
         velocity = autocast_velocity(velocity, device.type, torch.bfloat16)
@@ -287,6 +370,47 @@ class MiroPipeline:
         """The sampling settings of a call that sets ``guidance``/``steps`` (None: the model's)."""
         return sampling_settings(self.pretrained.sampling, guidance, steps)
 
+    @property
+    def levels(self) -> dict[str, int]:
+        """{reward: trained levels} from the model's bins; targets snap to these."""
+        return trained_levels(self.pretrained.bins, self.reward_names)
+
+    def resolve(
+        self,
+        rewards: Mapping[str, float] | str | None = None,
+        negative_rewards: Mapping[str, float] | str | None = None,
+        push: str | None = None,
+        negative_prompt: str | None | _ModelDefault = MODEL_DEFAULT,
+        guidance: float | None = None,
+        steps: int | None = None,
+        guidance_interval: Sequence[float] | None | _ModelDefault = MODEL_DEFAULT,
+        guidance_ramp: str | None = None,
+        snap: bool = True,
+    ) -> dict[str, Any]:
+        """Everything one call samples with, as a JSON-ready record: both branches' targets (each with
+        the trained level actually used), the negative caption (null = the same caption), guidance,
+        its interval and ramp, steps, shift. Errors are :class:`RewardSpecError` / ValueError."""
+        names = self.reward_names
+        if not names and (rewards or negative_rewards or push):
+            raise RewardSpecError("this model was trained without reward conditioning; do not pass rewards")
+        out = self.sampling(guidance, steps)
+        positive, negative = branch_targets(names, rewards, negative_rewards, out["guided_rewards"], push)
+        levels = self.levels if snap else {}
+        if negative_prompt is MODEL_DEFAULT:
+            negative_prompt = out.get("negative_prompt")
+        if guidance_interval is not MODEL_DEFAULT:
+            out["guidance_interval"] = list(guidance_interval) if guidance_interval is not None else None
+        if guidance_ramp is not None:
+            out["guidance_ramp"] = guidance_ramp
+        GuidanceSchedule.from_settings(out["guidance"], out["guidance_interval"], out["guidance_ramp"])
+        return out | {
+            "rewards": level_record(positive, levels),
+            "negative_rewards": level_record(negative, levels),
+            "push": canonical_reward_name(push, names) if push is not None else None,
+            "negative_prompt": negative_prompt,
+            "snap": bool(snap),
+        }
+
     def encode_text(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         with torch.no_grad():
             return self.pretrained.text_encoder(captions)
@@ -299,25 +423,38 @@ class MiroPipeline:
         guidance: float | None = None,
         steps: int | None = None,
         seed: int | Sequence[int] = 0,
-        negative_prompt: str | None = None,
+        negative_prompt: str | None | _ModelDefault = MODEL_DEFAULT,
         output: str = "pil",
+        push: str | None = None,
+        guidance_interval: Sequence[float] | None | _ModelDefault = MODEL_DEFAULT,
+        guidance_ramp: str | None = None,
+        snap: bool = True,
     ) -> list[Image.Image] | torch.Tensor:
         """Generate one image per prompt. ``rewards``: targets 0..10 by name (unnamed: 10);
         ``negative_rewards``: the negative branch's targets (unnamed: 0; None: the model's default, see
-        :func:`negative_targets`). ``output="tensor"`` returns
-        uint8 [B, 3, H, W]."""
+        :func:`negative_targets`); ``push="aesthetic"``: positive all high, negative all high except that
+        reward at 0 (exclusive with ``negative_rewards``); ``negative_prompt``: the negative branch's
+        caption (None: the same caption, ``""``: empty; default: the model's); ``guidance_interval``
+        (t_low, t_high) and ``guidance_ramp`` ("constant" / "linear"): where and how guidance applies
+        (default: the model's); ``snap``: move targets to the nearest trained level (MIRO's models
+        only saw those). :meth:`resolve` returns the same settings as a record.
+        ``output="tensor"`` returns uint8 [B, 3, H, W]."""
         if output not in ("pil", "tensor"):
             raise ValueError(f"output must be 'pil' or 'tensor', got {output!r}")
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         names = self.reward_names
-        sampling = self.sampling(guidance, steps)
-        pos, neg = reward_condition(names, rewards, negative_rewards, sampling["guided_rewards"])
-        if not names and (rewards or negative_rewards):
-            raise RewardSpecError("this model was trained without reward conditioning; do not pass rewards")
+        used = self.resolve(rewards, negative_rewards, push, negative_prompt, guidance, steps,
+                            guidance_interval, guidance_ramp, snap)
+        pos = neg = None
+        if names:
+            pos = torch.tensor([used["rewards"][n]["value"] for n in names], dtype=torch.float32)
+            neg = torch.tensor([used["negative_rewards"][n]["value"] for n in names], dtype=torch.float32)
+        neg_prompt = used["negative_prompt"]
         images = generate_images(
             self.pretrained.model, self.encode_text, prompts, self.pretrained.image_size, pos, neg,
-            guidance=sampling["guidance"], steps=sampling["steps"], shift=sampling["shift"], seed=seed,
-            negative_prompts=[negative_prompt] * len(prompts) if negative_prompt is not None else None,
+            guidance=used["guidance"], steps=used["steps"], shift=used["shift"], seed=seed,
+            negative_prompts=[neg_prompt] * len(prompts) if neg_prompt is not None else None,
             vae=self.pretrained.vae, device=self.device, precision=self.precision,
+            guidance_interval=used["guidance_interval"], guidance_ramp=used["guidance_ramp"],
         )
         return images if output == "tensor" else to_pil(images)

@@ -6,6 +6,7 @@ Only wiring: build the pieces the config names, call ``fit``, say where everythi
 from __future__ import annotations
 
 import logging
+import sys
 
 import hydra
 import lightning as L
@@ -20,6 +21,7 @@ from miro.config import (
     resolve_compute,
     write_compute_record,
 )
+from miro.lit.module import NonFiniteTrainingError
 from miro.usage import usage_errors
 
 log = logging.getLogger("miro.train")
@@ -49,7 +51,11 @@ def main(cfg: DictConfig) -> None:
     out = prepare_run_dir(cfg)
     with usage_errors():  # a missing data directory or bins file: one line, exit code 2
         module, datamodule, trainer = build(cfg)
-        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        try:
+            trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        except NonFiniteTrainingError as err:  # one line, not a traceback
+            print(f"error: {err}", file=sys.stderr)
+            sys.exit(1)
     if not trainer.is_global_zero:
         return
     print(f"Run directory:     {out}   (config.yaml: the composed config)")

@@ -26,7 +26,7 @@ from miro.eval.runner import (
     expected_best_of,
     paired_difference,
 )
-from miro.pipeline import MiroPipeline
+from miro.pipeline import MODEL_DEFAULT, MiroPipeline
 from miro.rewards.alignment import AlignmentReward
 
 # -- rendering the scene a prompt describes, or a scene that gets one thing wrong ------------------------
@@ -316,7 +316,22 @@ def test_negative_branch_options_reach_the_model_not_the_baseline(
     assert settings["negative_prompt"] == "" and settings["negative_rewards"] == "alignment=0"
     own, base = [c for c in calls if c[0]], [c for c in calls if not c[0]]
     assert own and all(c[1:] == ("", "alignment=0") for c in own)
-    assert base and all(c[1:] == (None, None) for c in base)  # the baseline keeps its own sampling
+    # the baseline keeps its own sampling (its model's negative caption, its negative rewards)
+    assert base and all(c[1:] == (MODEL_DEFAULT, None) for c in base)
+
+
+def test_push_reaches_the_model_and_is_checked_early(checkpoint: Path) -> None:
+    pipe = MiroPipeline.from_pretrained(checkpoint)
+    with pytest.raises(ValueError, match="push or negative_rewards"):
+        Evaluator(pipe, {}, EvalSettings(push="sharpness", negative_rewards="alignment=0"))
+    with pytest.raises(ValueError, match="unknown reward 'nope'"):
+        Evaluator(pipe, {}, EvalSettings(push="nope"))
+    settings = EvalSettings(per_category=1, samples_per_prompt=1, steps=2, guidance=3.0, push="sharp")
+    pushed = Evaluator(pipe, {}, settings)
+    others = ",".join(f"{n}=10" for n in pipe.reward_names if n != "sharpness")
+    spelled = Evaluator(pipe, {}, EvalSettings(per_category=1, samples_per_prompt=1, steps=2, guidance=3.0,
+                                               negative_rewards=others))
+    assert torch.equal(pushed.images(pushed.top(), 2), spelled.images(spelled.top(), 2))
 
 
 def test_an_empty_negative_prompt_changes_the_images(checkpoint: Path) -> None:

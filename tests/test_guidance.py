@@ -108,3 +108,93 @@ def test_reward_targets_and_errors():
     with pytest.raises(ValueError, match="batch"):
         guided_velocity_fn(_model(), tokens, mask, None, scale=1.0, neg_text_tokens=tokens[:1],
                            neg_text_mask=mask[:1])
+
+
+# -- MIRO's sampling options: guidance interval / ramp, snapping, push --------------------------------
+
+
+def _schedule_fn(model, schedule, scale=2.5):
+    from miro.flow.guidance import GuidanceSchedule
+
+    x, t, tokens, mask = _cond()
+    pos = reward_targets(REWARDS, 3)
+    fn = guided_velocity_fn(model, tokens, mask, pos, scale=scale,
+                            schedule=GuidanceSchedule(scale, *schedule) if schedule else None)
+    return fn, x, tokens, mask, pos
+
+
+def test_guidance_interval_spanning_the_schedule_is_plain_guidance() -> None:
+    model = _model()
+    plain, x, *_ = _schedule_fn(model, None)
+    whole, *_ = _schedule_fn(model, ((0.0, 1.0), "constant"))
+    for t in (1.0, 0.7, 0.0):
+        tt = torch.full((3,), t)
+        assert torch.equal(whole(x, tt), plain(x, tt))
+
+
+def test_outside_the_interval_only_the_conditional_prediction_runs() -> None:
+    counting = CountingModel(_model())
+    fn, x, tokens, mask, pos = _schedule_fn(counting, ((0.2, 0.6), "constant"))
+    plain, *_ = _schedule_fn(counting, None)
+    for t, inside in ((0.9, False), (0.1, False), (0.6, True), (0.4, True), (0.2, True)):
+        tt = torch.full((3,), t)
+        counting.batch_sizes.clear()
+        got = fn(x, tt)
+        if inside:
+            assert counting.batch_sizes == [6]
+            torch.testing.assert_close(got, plain(x, tt), **TOL)
+        else:
+            assert counting.batch_sizes == [3]  # the negative branch is not evaluated
+            assert torch.equal(got, counting(x, tt, tokens, mask, pos, None))
+
+
+def test_linear_ramp_weight_by_hand() -> None:
+    from miro.flow.guidance import GuidanceSchedule
+
+    ramp = GuidanceSchedule(2.0, (0.2, 0.6), "linear")
+    w = ramp.weight(torch.tensor([1.0, 0.6, 0.5, 0.4, 0.2, 0.1]))
+    torch.testing.assert_close(w, torch.tensor([0.0, 0.0, 1.0, 2.0, 4.0, 0.0]))
+    # over the whole schedule: the released sampler's 2 w (step / steps) at t = 1 - step / steps
+    whole = GuidanceSchedule(7.0, (0.0, 1.0), "linear")
+    steps = torch.arange(50)
+    torch.testing.assert_close(whole.weight(1 - steps / 50), 2 * 7.0 * steps / 50)
+    # ... and the guided velocity uses w(t): v_pos + w (v_pos - v_neg), with w = 2 at t = 0.4
+    model = _model()
+    fn, x, tokens, mask, pos = _schedule_fn(model, ((0.2, 0.6), "linear"), scale=2.0)
+    tt = torch.full((3,), 0.4)
+    v_pos = model(x, tt, tokens, mask, pos)
+    v_neg = model(x, tt, tokens, mask, torch.zeros_like(pos))
+    torch.testing.assert_close(fn(x, tt), v_pos + 2.0 * (v_pos - v_neg), **TOL)
+
+
+def test_bad_schedules_are_rejected() -> None:
+    from miro.flow.guidance import GuidanceSchedule
+
+    for interval in ((0.6, 0.2), (-0.1, 0.5), (0.0, 1.5)):
+        with pytest.raises(ValueError, match="guidance interval"):
+            GuidanceSchedule(1.0, interval)
+    with pytest.raises(ValueError, match="guidance ramp"):
+        GuidanceSchedule(1.0, (0.0, 1.0), "cosine")
+
+
+def test_snap_to_level_maps_nine_to_the_nearest_trained_level() -> None:
+    from miro.flow.guidance import snap_to_level
+
+    value, level = snap_to_level(0.9, 64)  # 0.9 * 63 = 56.7
+    assert level == 57 and value == pytest.approx(57 / 63)
+    assert snap_to_level(0.0, 64) == (0.0, 0) and snap_to_level(1.0, 64) == (1.0, 63)
+    assert snap_to_level(0.4, 2) == (0.0, 0) and snap_to_level(0.6, 2) == (1.0, 1)
+    assert snap_to_level(0.3, 1) == (0.5, 0)  # a constant reward was trained at 0.5 only
+    with pytest.raises(ValueError, match="in \\[0, 1\\]"):
+        snap_to_level(1.2, 64)
+
+
+def test_push_targets_builds_the_documented_branches() -> None:
+    from miro.flow.guidance import push_targets
+
+    names = ["aesthetic", "hps", "pick"]
+    positive, negative = push_targets(names, "hps")
+    assert positive == {"aesthetic": 10.0, "hps": 10.0, "pick": 10.0}
+    assert negative == {"aesthetic": 10.0, "hps": 0.0, "pick": 10.0}
+    with pytest.raises(KeyError, match="not one of this model's rewards"):
+        push_targets(names, "vqa")

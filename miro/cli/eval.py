@@ -53,7 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--negative-rewards", default=None,
                    help="targets of the negative branch, NAME=VALUE,... (unnamed: 0; default: the model's)")
     p.add_argument("--negative-prompt", default=None,
-                   help='caption of the negative branch ("" = empty text; default: the prompt itself)')
+                   help='caption of the negative branch ("" = empty text; default: the model\'s)')
+    p.add_argument("--push", default=None, metavar="NAME",
+                   help="push one reward: negative branch = the targets with only NAME at 0 "
+                        "(instead of --negative-rewards)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--precision", choices=PRECISIONS, default="auto", help=PRECISION_HELP)
@@ -76,7 +79,7 @@ def settings_from_args(args: argparse.Namespace) -> EvalSettings:
         sweep_images=args.sweep_images, best_of_prompts=args.best_of_prompts, best_of_max=args.best_of,
         all_low=args.all_low, guidance=args.guidance, steps=args.steps, seed=args.seed,
         batch_size=args.batch_size, negative_rewards=args.negative_rewards,
-        negative_prompt=args.negative_prompt,
+        negative_prompt=args.negative_prompt, push=args.push,
     )
 
 

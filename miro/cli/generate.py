@@ -16,14 +16,14 @@ from rich.progress import Progress
 from miro.cli import PRECISION_HELP, THREADS_HELP, threads_arg
 from miro.config import set_threads
 from miro.data.prompt_file import PromptFileError, read_prompt_file
+from miro.flow.guidance import GuidanceSchedule
 from miro.pipeline import (
+    MODEL_DEFAULT,
     PRECISIONS,
     TARGET_MAX,
     MiroPipeline,
     RewardSpecError,
     image_grid,
-    negative_targets,
-    parse_reward_spec,
 )
 from miro.pretrained import WEIGHTS, CheckpointError, file_hash
 from miro.rewards.base import available_rewards
@@ -54,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="targets of the negative branch (unnamed: 0; default: the model's, usually all 0)",
     )
     p.add_argument("--negative-prompt", default=None, help='text of the negative branch ("" = empty prompt)')
+    add_miro_sampling_args(p)
     p.add_argument("--n", type=int, default=1, help="images per prompt")
     p.add_argument("--guidance", type=float, default=None, help="guidance scale w (default: the model's)")
     p.add_argument("--steps", type=int, default=None, help="Euler steps (default: the model's)")
@@ -64,6 +65,50 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=threads_arg, default="auto", help=THREADS_HELP)
     p.add_argument("--out", type=Path, required=True, help="output directory")
     return p
+
+
+def add_miro_sampling_args(p: argparse.ArgumentParser) -> None:
+    """MIRO's sampling options (miro.pipeline): push one reward, the negative caption, guidance interval."""
+    p.add_argument("--push", default=None, metavar="NAME",
+                   help="push one reward: positive all high, negative all high except NAME at 0 "
+                        "(instead of --negative-rewards)")
+    p.add_argument("--same-caption", action="store_true",
+                   help="negative branch uses the prompt itself (for a model whose default is the empty "
+                        "prompt)")
+    p.add_argument("--guidance-interval", default=None, metavar="T_LOW,T_HIGH",
+                   help="guide only where T_LOW <= t <= T_HIGH (t = 1 noise, 0 data; default: the model's)")
+    p.add_argument("--guidance-ramp", choices=("constant", "linear"), default=None,
+                   help="constant w, or w rising linearly from 0 at T_HIGH to 2w at T_LOW (mean w; "
+                        "default: the model's)")
+    p.add_argument("--no-snap", action="store_true",
+                   help="condition on the targets as given instead of the nearest trained level")
+
+
+def miro_sampling_options(args: argparse.Namespace) -> dict:
+    """The MiroPipeline keyword arguments of :func:`add_miro_sampling_args`' options (UsageError if bad)."""
+    if args.push is not None and args.negative_rewards is not None:
+        raise UsageError("give --push or --negative-rewards, not both: --push builds the negative branch")
+    if args.same_caption and args.negative_prompt is not None:
+        raise UsageError("give --same-caption or --negative-prompt, not both")
+    interval = MODEL_DEFAULT
+    if args.guidance_interval is not None:
+        try:
+            interval = [float(x) for x in args.guidance_interval.split(",")]
+        except ValueError:
+            interval = []
+        if len(interval) != 2:
+            raise UsageError(
+                f"--guidance-interval must be two numbers T_LOW,T_HIGH, got {args.guidance_interval!r}"
+            )
+        try:
+            GuidanceSchedule(1.0, tuple(interval))
+        except ValueError as err:
+            raise UsageError(f"--guidance-interval: {err}") from None
+    negative_prompt = None if args.same_caption else (
+        MODEL_DEFAULT if args.negative_prompt is None else args.negative_prompt
+    )
+    return {"push": args.push, "negative_prompt": negative_prompt, "guidance_interval": interval,
+            "guidance_ramp": args.guidance_ramp, "snap": not args.no_snap}
 
 
 class UsageError(ValueError):
@@ -93,25 +138,29 @@ def main(argv: list[str] | None = None) -> int:
     try:
         threads = set_threads(args.threads)
         prompts = read_prompts(args)
+        options = miro_sampling_options(args)
         pipe = MiroPipeline.from_pretrained(args.checkpoint, args.device, args.precision)
         print(f"miro-generate: {describe(pipe.precision_choice, threads)}")
-        targets = parse_reward_spec(args.rewards, pipe.reward_names)
-        negatives = negative_targets(
-            pipe.reward_names, targets, args.negative_rewards, pipe.sampling()["guided_rewards"]
-        )
+        used = pipe.resolve(args.rewards, args.negative_rewards, guidance=args.guidance, steps=args.steps,
+                            **options)
     except (UsageError, CheckpointError, RewardSpecError) as err:
         print(f"miro-generate: {err}", file=sys.stderr)
         return 2
 
     # Image i of the run (prompts in order, each repeated --n times) uses seed + i.
     jobs = [(prompt, args.seed + i) for i, prompt in enumerate(p for p in prompts for _ in range(args.n))]
-    sampling = pipe.sampling(args.guidance, args.steps)
     common = {
-        "rewards": {n: targets.get(n, TARGET_MAX) for n in pipe.reward_names},
-        "negative_rewards": negatives,
-        "negative_prompt": args.negative_prompt,
-        "guidance": sampling["guidance"],
-        "steps": sampling["steps"],
+        "rewards": {n: r["target"] for n, r in used["rewards"].items()},
+        "negative_rewards": {n: r["target"] for n, r in used["negative_rewards"].items()},
+        # the trained level each target was snapped to, and the conditioning value actually used
+        "reward_levels": used["rewards"],
+        "negative_reward_levels": used["negative_rewards"],
+        "push": used["push"],
+        "negative_prompt": used["negative_prompt"],  # null: the same caption as the prompt
+        "guidance": used["guidance"],
+        "guidance_interval": used["guidance_interval"],
+        "guidance_ramp": used["guidance_ramp"],
+        "steps": used["steps"],
         "precision": pipe.precision,
         "compute": compute_record(pipe.precision_choice, threads),
         "checkpoint": str(args.checkpoint),
@@ -128,9 +177,9 @@ def main(argv: list[str] | None = None) -> int:
             for start in range(0, len(jobs), args.batch_size):
                 chunk = jobs[start : start + args.batch_size]
                 batch = pipe(
-                    [p for p, _ in chunk], rewards=targets, negative_rewards=negatives,
+                    [p for p, _ in chunk], rewards=args.rewards, negative_rewards=args.negative_rewards,
                     guidance=common["guidance"], steps=common["steps"], seed=[s for _, s in chunk],
-                    negative_prompt=args.negative_prompt, output="tensor",
+                    output="tensor", **options,
                 )
                 for (prompt, seed), image in zip(chunk, batch, strict=True):
                     stem = staging / f"{len(images):05d}"

@@ -23,6 +23,10 @@ Two modes:
 
   The caption (``txt``) and rewards (``rewards.json``) are kept as they were, so binning, logging and
   sample grids work as in raw mode.
+
+A sample may also carry a synthetic caption (``syn.txt``, written by ``make caption-shards``) and, when
+cached, its features (``syn_text_tokens.npy``); examples then hold ``syn_caption`` (and
+``syn_text_tokens``) beside the original, and the data module mixes the two (MIRO: 50/50).
 """
 
 from __future__ import annotations
@@ -91,16 +95,27 @@ def reward_conditioning(
     return values, present
 
 
-def caption_of(sample: dict[str, Any], key: str) -> str:
-    if "txt" not in sample:
-        raise SampleDecodeError(f"sample {key}: no caption (txt) field")
-    txt = sample["txt"]
+SYN_CAPTION_EXT = "syn.txt"
+SYN_TEXT_TOKENS_EXT = "syn_text_tokens.npy"
+
+
+def caption_of(sample: dict[str, Any], key: str, field: str = "txt") -> str:
+    if field not in sample:
+        raise SampleDecodeError(f"sample {key}: no caption ({field}) field")
+    txt = sample[field]
     if not isinstance(txt, bytes):
         return str(txt)
     try:
         return txt.decode("utf-8")
     except UnicodeDecodeError:
-        raise SampleDecodeError(f"sample {key}: caption (txt) is not UTF-8") from None
+        raise SampleDecodeError(f"sample {key}: caption ({field}) is not UTF-8") from None
+
+
+def synthetic_caption_of(sample: dict[str, Any], key: str) -> str | None:
+    """The synthetic caption (``syn.txt``), or None when the sample has none (or it is empty)."""
+    if SYN_CAPTION_EXT not in sample:
+        return None
+    return caption_of(sample, key, SYN_CAPTION_EXT).strip() or None
 
 
 def raw_scores(sample: dict[str, Any], key: str, reward_names: Sequence[str]) -> dict[str, float]:
@@ -128,6 +143,7 @@ def decode_sample(
     return {
         "image": decode_image(image_bytes, key, image_size),
         "caption": caption,
+        "syn_caption": synthetic_caption_of(sample, key),
         "rewards": values,
         "reward_mask": present,
         "key": key,
@@ -192,8 +208,17 @@ def decode_cached_sample(
                 f"sample {key}: {LATENT_STD_EXT} shape {std.shape} differs from {LATENT_EXT} {latent.shape}"
             )
         example["latent_std"] = torch.from_numpy(std.astype(np.float32, copy=False))
+    if SYN_TEXT_TOKENS_EXT in sample:
+        syn = decode_array(sample[SYN_TEXT_TOKENS_EXT], key, SYN_TEXT_TOKENS_EXT)
+        if syn.ndim != 2 or syn.shape[0] < 1 or syn.shape[1] != tokens.shape[1]:
+            raise SampleDecodeError(
+                f"sample {key}: {SYN_TEXT_TOKENS_EXT} must be [L >= 1, {tokens.shape[1]}], "
+                f"got shape {syn.shape}"
+            )
+        example["syn_text_tokens"] = torch.from_numpy(syn)
     values, present = reward_conditioning(raw_scores(sample, key, reward_names), reward_names, bins)
-    example.update(caption=caption_of(sample, key), rewards=values, reward_mask=present, key=key)
+    example.update(caption=caption_of(sample, key), syn_caption=synthetic_caption_of(sample, key),
+                   rewards=values, reward_mask=present, key=key)
     return example
 
 

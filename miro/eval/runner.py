@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from miro.eval.benchmark import BenchmarkPrompt, all_facts_hold, benchmark_prompts, score_benchmark
-from miro.pipeline import TARGET_MAX, MiroPipeline, parse_reward_spec
+from miro.pipeline import MODEL_DEFAULT, TARGET_MAX, MiroPipeline, canonical_reward_name, parse_reward_spec
 from miro.rewards.base import RewardModel
 from miro.utils.hardware import cpu_info
 
@@ -61,7 +61,8 @@ class EvalSettings:
     steps: int | None = None
     # The evaluated model's negative branch (never the baseline's): None keeps the model's default.
     negative_rewards: str | None = None  # targets as NAME=VALUE,...; unnamed rewards 0 ("" = all 0)
-    negative_prompt: str | None = None   # caption of the negative branch ("" = empty text)
+    negative_prompt: str | None = None   # caption of the negative branch ("" = empty text; None: the model's)
+    push: str | None = None              # push one reward: negative = all targets except this one at 0
     seed: int = 0
     batch_size: int = 64
 
@@ -161,6 +162,10 @@ class Evaluator:
             if not pipe.reward_names:
                 raise ValueError("negative_rewards needs a model with reward conditioning; this one has none")
             parse_reward_spec(settings.negative_rewards, pipe.reward_names)  # a bad spec fails here, named
+        if settings.push is not None:
+            if settings.negative_rewards is not None:
+                raise ValueError("give push or negative_rewards, not both: push builds the negative branch")
+            canonical_reward_name(settings.push, pipe.reward_names)  # an unknown reward fails here, named
         self.progress = progress or (lambda n: None)
         self.items: list[BenchmarkPrompt] = [
             p for p in benchmark_prompts(settings.per_category, settings.seed)
@@ -210,7 +215,9 @@ class Evaluator:
             out.append(pipe(
                 list(prompts[chunk]), rewards=dict(targets) if pipe.reward_names else None,
                 negative_rewards=self.s.negative_rewards if own else None,
-                negative_prompt=self.s.negative_prompt if own else None,
+                negative_prompt=self.s.negative_prompt if own and self.s.negative_prompt is not None
+                else MODEL_DEFAULT,
+                push=self.s.push if own else None,
                 guidance=self.s.guidance, steps=self.s.steps, seed=list(seeds[chunk]), output="tensor",
             ))
             self.images_generated += len(out[-1])

@@ -8,11 +8,15 @@ exactly like an uninterrupted one.
 Batches come raw (``image`` and ``caption``: the frozen VAE and text encoder run inside the step) or
 cached by ``data_prep.cache_latents`` (``latent``, optionally ``latent_std``, and ``text_tokens`` /
 ``text_mask``: neither runs). Both give the network the same inputs.
+
+A step whose loss or gradients are not finite is skipped (no weight, optimiser-state or EMA update);
+``max_nonfinite_steps`` consecutive ones stop the run with one line (:class:`NonFiniteTrainingError`).
 """
 
 from __future__ import annotations
 
 import copy
+import logging
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -25,6 +29,13 @@ from miro.data.datamodule import step_seed
 from miro.flow.path import flow_loss, interpolate, sample_timesteps
 from miro.lit.ema import ema_decay_at, update_ema
 from miro.utils.text_batch import pad_to_length
+
+log = logging.getLogger(__name__)
+OPTIMIZERS = ("adamw", "lamb")
+
+
+class NonFiniteTrainingError(RuntimeError):
+    """Training stopped after too many consecutive steps with a non-finite loss or gradient."""
 
 
 def warmup_cosine(step: int, warmup_steps: int, total_steps: int, min_ratio: float) -> float:
@@ -58,8 +69,22 @@ class MiroModule(L.LightningModule):
         caption_dropout: float = 0.0,
         compile: bool = False,
         seed: int = 0,
+        optimizer: str = "adamw",
+        max_nonfinite_steps: int | None = 5,
+        self_cond_rate: float = 0.0,
     ) -> None:
         super().__init__()
+        if not 0.0 <= self_cond_rate <= 1.0:
+            raise ValueError(f"module.self_cond_rate must be in [0, 1], got {self_cond_rate}")
+        if self_cond_rate > 0 and not getattr(model, "self_conditioning", False):
+            raise ValueError(
+                "module.self_cond_rate > 0 needs a network built with self-conditioning "
+                "(model.self_conditioning=true)"
+            )
+        if optimizer not in OPTIMIZERS:
+            raise ValueError(f"module.optimizer must be one of {', '.join(OPTIMIZERS)}, got {optimizer!r}")
+        if max_nonfinite_steps is not None and max_nonfinite_steps < 1:
+            raise ValueError(f"module.max_nonfinite_steps must be >= 1 or null, got {max_nonfinite_steps}")
         self.model = model
         self.text_encoder = text_encoder
         self.vae = vae
@@ -78,7 +103,14 @@ class MiroModule(L.LightningModule):
             ema_warmup=ema_warmup,
             caption_dropout=caption_dropout,
             seed=seed,
+            optimizer=optimizer,
+            max_nonfinite_steps=max_nonfinite_steps,
+            self_cond_rate=self_cond_rate,
         )
+        self._loss: torch.Tensor | None = None  # this step's loss, for the finiteness check
+        self._skipped_step = False  # whether the optimiser step now running was skipped
+        self.nonfinite_in_a_row = 0
+        self.nonfinite_total = 0
         self.ema_model = copy.deepcopy(model).requires_grad_(False).eval()
         self.text_trainable = bool(getattr(text_encoder, "trainable", False))
         if not self.text_trainable:
@@ -157,23 +189,84 @@ class MiroModule(L.LightningModule):
         x_t = interpolate(x0, noise, t)
         rewards = batch["rewards"] if self.reward_names else None
         reward_mask = batch["reward_mask"] if self.reward_names else None
-        v = self._forward(x_t, t, tokens, mask, rewards, reward_mask)
+        previous = self.self_condition(x_t, t, tokens, mask, rewards, reward_mask, generator)
+        if previous is None:
+            v = self._forward(x_t, t, tokens, mask, rewards, reward_mask)
+        else:
+            v = self._forward(x_t, t, tokens, mask, rewards, reward_mask, previous_tokens=previous)
         return flow_loss(v, x0, noise)
+
+    def self_condition(
+        self, x_t: torch.Tensor, t: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor,
+        rewards: torch.Tensor | None, reward_mask: torch.Tensor | None, generator: torch.Generator,
+    ) -> torch.Tensor | None:
+        """The previous tokens of a self-conditioned step, as the official loss builds them: a first pass
+        over the whole batch at the same x_t and t, its output tokens detached (no gradient flows through
+        it), kept for a ``self_cond_rate`` share of the samples and zero for the rest. None when off."""
+        rate = self.hp["self_cond_rate"]
+        if rate <= 0:
+            return None
+        with torch.no_grad():
+            _, first = self._forward(x_t, t, tokens, mask, rewards, reward_mask, return_tokens=True)
+        keep = torch.rand(x_t.shape[0], generator=generator, device=generator.device) < rate
+        return first.detach() * keep.to(first.device, first.dtype)[:, None, None]
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         gen = torch.Generator(device=self.device).manual_seed(
             step_seed(self.hp["seed"], self.global_rank, self.global_step)
         )
         loss = self.batch_loss(batch, gen)
+        self._loss = loss.detach()
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["caption"]))
+        self.log("train/skipped_nonfinite", float(self.nonfinite_total), batch_size=len(batch["caption"]))
         return loss
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Skip this step if its loss or any gradient is not finite: every gradient is set to None, which
+        every torch optimiser (and LAMB) treats as "leave this parameter alone", so weights, moments and
+        the EMA stay as they were. The decision is shared by all ranks; it costs one host sync per step."""
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        finite = torch.ones((), dtype=torch.bool, device=self.device)
+        if self._loss is not None:
+            finite &= torch.isfinite(self._loss).all().to(finite.device)
+        if grads:
+            total_norm = getattr(torch.nn.utils, "get_total_norm", None)  # torch >= 2.6: one foreach kernel
+            if total_norm is not None:
+                norm = total_norm(grads)
+            else:
+                norm = torch.stack([g.detach().float().norm() for g in grads]).norm()
+            finite &= torch.isfinite(norm).to(finite.device)
+        ok = bool(finite)
+        if self._trainer is not None:
+            ok = self.trainer.strategy.reduce_boolean_decision(ok, all=True)
+        self._skipped_step = not ok
+        if ok:
+            self.nonfinite_in_a_row = 0
+            return
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                p.grad = None
+        self.nonfinite_in_a_row += 1
+        self.nonfinite_total += 1
+        step, limit = self.global_step, self.hp["max_nonfinite_steps"]
+        log.warning("step %d skipped: loss or gradients not finite (%d in a row, %d in all)",
+                    step, self.nonfinite_in_a_row, self.nonfinite_total)
+        if limit is not None and self.nonfinite_in_a_row >= limit:
+            raise NonFiniteTrainingError(
+                f"training stopped at step {step}: the loss or gradients were not finite for {limit} steps "
+                "in a row (module.max_nonfinite_steps); lower module.lr, check the data, or resume from an "
+                "earlier checkpoint"
+            )
 
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
         # The EMA moves right after the weights do, inside the optimisation step: a checkpoint written
         # by a callback at the end of this batch then already holds this step's EMA (callbacks run
         # before the module's own on_train_batch_end, which would leave a resumed EMA one update behind).
         step = self.global_step  # updates done before this one
+        self._skipped_step = False
         super().optimizer_step(*args, **kwargs)
+        if self._skipped_step:
+            return
         decay = ema_decay_at(step, self.hp["ema_decay"], self.hp["ema_warmup"])
         update_ema(self.ema_model, self.model, decay)
         if self.ema_text_encoder is not None:
@@ -207,15 +300,23 @@ class MiroModule(L.LightningModule):
             params += [p for p in self.text_encoder.parameters() if p.requires_grad]
         decay = [p for p in params if p.ndim >= 2]
         no_decay = [p for p in params if p.ndim < 2]
-        optimizer = torch.optim.AdamW(
-            [
-                {"params": decay, "weight_decay": self.hp["weight_decay"]},
-                {"params": no_decay, "weight_decay": 0.0},
-            ],
-            lr=self.hp["lr"],
-            betas=self.hp["betas"],
-            fused=torch.cuda.is_available() and self.device.type == "cuda",
-        )
+        groups = [
+            {"params": decay, "weight_decay": self.hp["weight_decay"]},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
+        if self.hp["optimizer"] == "lamb":
+            # MIRO's optimiser. timm's LAMB (a maintained implementation); its own gradient-norm clip is
+            # off because the trainer's gradient_clip_val already clips.
+            from timm.optim import Lamb
+
+            optimizer: torch.optim.Optimizer = Lamb(
+                groups, lr=self.hp["lr"], betas=self.hp["betas"], max_grad_norm=None
+            )
+        else:
+            optimizer = torch.optim.AdamW(
+                groups, lr=self.hp["lr"], betas=self.hp["betas"],
+                fused=torch.cuda.is_available() and self.device.type == "cuda",
+            )
         schedule = torch.optim.lr_scheduler.LambdaLR(
             optimizer,
             lambda step: warmup_cosine(

@@ -170,6 +170,28 @@ class DiTBlock(nn.Module):
         return x
 
 
+class RefinerBlock(nn.Module):
+    """Pre-norm self-attention and MLP over the conditioning tokens, each residual scaled by a learned
+    per-channel layer scale starting at 0.1 (the official conditioning mapping's blocks)."""
+
+    def __init__(self, hidden_size: int, num_heads: int, mlp_ratio: float, layer_scale: float = 0.1) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(hidden_size, eps=1e-6)
+        self.attn = Attention(hidden_size, num_heads)
+        self.norm2 = nn.LayerNorm(hidden_size, eps=1e-6)
+        hidden_mlp = int(hidden_size * mlp_ratio)
+        self.mlp = nn.Sequential(
+            nn.Linear(hidden_size, hidden_mlp), nn.GELU(approximate="tanh"),
+            nn.Linear(hidden_mlp, hidden_size),
+        )
+        self.scale1 = nn.Parameter(torch.full((hidden_size,), layer_scale))
+        self.scale2 = nn.Parameter(torch.full((hidden_size,), layer_scale))
+
+    def forward(self, x: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
+        x = x + self.scale1 * self.attn(self.norm1(x), key_mask=key_mask)
+        return x + self.scale2 * self.mlp(self.norm2(x))
+
+
 class FinalLayer(nn.Module):
     """adaLN-modulated norm + linear to ``patch_size**2 * out_channels`` per token."""
 
@@ -275,11 +297,19 @@ class MiroDiT(nn.Module):
         conv_channels: int = 0,
         unet_channels: Sequence[int] = (),
         grad_checkpointing: bool = False,
+        self_conditioning: bool = False,
+        refiner_depth: int = 0,
+        refiner_registers: int = 0,
     ) -> None:
         super().__init__()
         unet_channels = [int(c) for c in unet_channels]
         if conv_channels > 0 and unet_channels:
             raise ValueError("conv_channels and unet_channels are alternatives: set one of them")
+        if refiner_depth < 0 or refiner_registers < 0 or (refiner_registers and not refiner_depth):
+            raise ValueError(
+                f"refiner_depth and refiner_registers must be >= 0, registers only with a refiner "
+                f"(depth > 0); got depth {refiner_depth}, registers {refiner_registers}"
+            )
         if any(c < 1 for c in unet_channels):
             raise ValueError(f"unet_channels must be positive, got {unet_channels}")
         # The transformer sees the lowest conv level: each level below the first halves the side.
@@ -295,7 +325,8 @@ class MiroDiT(nn.Module):
             reward_names=list(reward_names), reward_dropout=float(reward_dropout), fourier_dim=fourier_dim,
             fourier_max_frequency=float(fourier_max_frequency), pooled_text=bool(pooled_text),
             pooled_rewards=bool(pooled_rewards), conv_channels=conv_channels, unet_channels=unet_channels,
-            grad_checkpointing=bool(grad_checkpointing),
+            grad_checkpointing=bool(grad_checkpointing), self_conditioning=bool(self_conditioning),
+            refiner_depth=int(refiner_depth), refiner_registers=int(refiner_registers),
         )
         self.image_size = image_size
         self.in_channels = in_channels
@@ -303,6 +334,7 @@ class MiroDiT(nn.Module):
         self.grid_size = image_size // token_side_pixels
         self.reward_names = list(reward_names)
         self.grad_checkpointing = grad_checkpointing
+        self.self_conditioning = bool(self_conditioning)
 
         embed_in = in_channels
         self.stem: nn.Module | None = None
@@ -334,6 +366,17 @@ class MiroDiT(nn.Module):
             if pooled_rewards and reward_names else None
         )
         self.blocks = nn.ModuleList(DiTBlock(hidden_size, num_heads, mlp_ratio) for _ in range(depth))
+        # The optional refiner (MIRO's conditioning mapping): learned registers, then a few self-attention
+        # blocks over [reward tokens, registers, text tokens] before the DiT cross-attends to all of them.
+        self.refiner = nn.ModuleList(
+            RefinerBlock(hidden_size, num_heads, mlp_ratio) for _ in range(refiner_depth)
+        )
+        self.registers = (
+            nn.Parameter(torch.zeros(refiner_registers, hidden_size)) if refiner_registers else None
+        )
+        self.self_cond: SelfConditioning | None = (
+            SelfConditioning(hidden_size, int(hidden_size * mlp_ratio)) if self_conditioning else None
+        )
         # The transformer's output has the channels its input had: pixels, the stem's or the lowest level's.
         self.final = FinalLayer(hidden_size, patch_size, embed_in)
         self.head: nn.Module | None = None
@@ -363,6 +406,11 @@ class MiroDiT(nn.Module):
             nn.init.zeros_(block.cross.proj.weight)
         nn.init.zeros_(self.final.ada[-1].weight)
         nn.init.zeros_(self.final.ada[-1].bias)
+        if self.registers is not None:
+            nn.init.trunc_normal_(self.registers, std=0.02, a=-0.04, b=0.04)
+        if self.self_cond is not None:  # a no-op residual at init, as the official network starts
+            nn.init.zeros_(self.self_cond.norm_out.weight)
+            nn.init.zeros_(self.self_cond.norm_out.bias)
         # Zero output layer -> the first prediction is exactly 0.
         if self.levels is not None:
             out_layer = self.levels.out[-1]
@@ -432,9 +480,18 @@ class MiroDiT(nn.Module):
         if self.pooled_reward_proj is not None:
             c = c + self.pooled_reward_proj(reward_tokens.mean(dim=1).to(c.dtype))
         text = self.text_proj(text_tokens)
-        cond = torch.cat([text, reward_tokens.to(text.dtype)], dim=1)
         reward_keys = torch.ones(b, reward_tokens.shape[1], dtype=torch.bool, device=text_mask.device)
-        return c, cond, torch.cat([text_mask, reward_keys], dim=1)
+        if not len(self.refiner):
+            cond = torch.cat([text, reward_tokens.to(text.dtype)], dim=1)
+            return c, cond, torch.cat([text_mask, reward_keys], dim=1)
+        parts, masks = [reward_tokens.to(text.dtype)], [reward_keys]
+        if self.registers is not None:
+            parts.append(self.registers.to(text.dtype).expand(b, -1, -1))
+            masks.append(torch.ones(b, self.registers.shape[0], dtype=torch.bool, device=text_mask.device))
+        cond, cond_mask = torch.cat([*parts, text], dim=1), torch.cat([*masks, text_mask], dim=1)
+        for block in self.refiner:
+            cond = block(cond, cond_mask)
+        return c, cond, cond_mask
 
     def forward(
         self,
@@ -444,11 +501,15 @@ class MiroDiT(nn.Module):
         text_mask: torch.Tensor,
         rewards: torch.Tensor | None = None,
         reward_mask: torch.Tensor | None = None,
-    ) -> torch.Tensor:
+        previous_tokens: torch.Tensor | None = None,
+        return_tokens: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Velocity (noise - data) for x_t [B, C, H, W] at t [B] in [0, 1] (1 = pure noise).
 
         text_tokens [B, L, text_dim], text_mask [B, L] (True = real token); rewards [B, R] in [0, 1] or
         None (every reward missing); reward_mask [B, R] (True = present) or None (all present).
+        With ``self_conditioning``: ``previous_tokens`` [B, N, hidden] are the transformer's output tokens
+        of an earlier pass (None: none), and ``return_tokens`` also returns this pass's.
         """
         b, ch, h, w = x.shape
         if (ch, h, w) != (self.in_channels, self.image_size, self.image_size):
@@ -468,6 +529,10 @@ class MiroDiT(nn.Module):
         skip = self.stem(x) if self.stem is not None else None
         levels = self.levels.encode(x, c) if self.levels is not None else None
         tokens = self.patchify(levels[-1] if levels else skip if skip is not None else x)  # [B, N, D]
+        if previous_tokens is not None:
+            if self.self_cond is None:
+                raise ValueError("previous_tokens given to a MiroDiT built without self_conditioning")
+            tokens = tokens + self.self_cond(previous_tokens.to(tokens.dtype))
         use_ckpt = self.grad_checkpointing and self.training and torch.is_grad_enabled()
         for block in self.blocks:
             if use_ckpt:
@@ -476,27 +541,58 @@ class MiroDiT(nn.Module):
                 tokens = block(tokens, c, cond, cond_mask)
         out = self.unpatchify(self.final(tokens, c))  # [B, C (or the conv channels), side, side]
         if levels:
-            return self.levels.decode(out, levels, c)
-        if self.head is not None:
+            out = self.levels.decode(out, levels, c)
+        elif self.head is not None:
             out = self.head(torch.cat([out, skip.to(out.dtype)], dim=1))
-        return out
+        return (out, tokens) if return_tokens else out
+
+
+class SelfConditioning(nn.Module):
+    """Latent self-conditioning as MIRO's network does it: the output tokens of an earlier pass (the
+    first pass of a training step, or the previous sampling step) enter the next pass's input tokens as
+    a residual, LN_out(prev + MLP(LN_in(prev))). LN_out starts at zero, so the residual starts as a
+    no-op and the model learns how much to trust its earlier estimate."""
+
+    def __init__(self, hidden_size: int, mlp_size: int) -> None:
+        super().__init__()
+        self.norm_in = nn.LayerNorm(hidden_size, eps=1e-6)
+        self.mlp = nn.Sequential(
+            nn.Linear(hidden_size, mlp_size), nn.GELU(approximate="tanh"), nn.Linear(mlp_size, hidden_size)
+        )
+        self.norm_out = nn.LayerNorm(hidden_size, eps=1e-6)
+
+    def forward(self, previous: torch.Tensor) -> torch.Tensor:
+        return self.norm_out(previous + self.mlp(self.norm_in(previous)))
 
 
 def num_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def flops_per_image(model: MiroDiT, text_length: int) -> float:
+def training_flops(forward_flops: float, self_cond_rate: float = 0.0) -> float:
+    """Training FLOPs per image from one forward's: backward is 2x forward for every matrix product, so
+    3x; self-conditioning adds one more forward. Its first pass runs over the whole batch whatever the
+    share of samples that keep its output (the official loss masks the output, not the pass), so the
+    extra is a full forward for any rate > 0, not ``rate`` forwards."""
+    if not 0.0 <= self_cond_rate <= 1.0:
+        raise ValueError(f"self_cond_rate must be in [0, 1], got {self_cond_rate}")
+    return (3.0 + (1.0 if self_cond_rate > 0 else 0.0)) * forward_flops
+
+
+def flops_per_image(model: MiroDiT, text_length: int, self_conditioned: bool | None = None) -> float:
     """Forward FLOPs of one image: every matrix product (2 FLOPs per multiply-add) of the stem, patch
     embedding, conditioning MLPs, blocks (adaLN, self- and cross-attention, MLP) and head; element-wise
     work is left out (< 1%). Equal to torch's FlopCounterMode count (tests/test_bench_flops.py); the GPU
-    benchmark reports it next to the FLOPs it counts."""
+    benchmark reports it next to the FLOPs it counts. ``self_conditioned`` (default: whether the model
+    has self-conditioning) counts the self-conditioning MLP of a pass given previous tokens; a training
+    step's total is :func:`training_flops`."""
     cfg = model.to_config()
     d, p, c_in = cfg["hidden_size"], cfg["patch_size"], cfg["in_channels"]
     side, conv = cfg["image_size"], cfg["conv_channels"]
     levels = list(cfg.get("unet_channels", []))
     n, r = model.grid_size**2, model.num_rewards
-    m, mlp = text_length + r, int(d * cfg["mlp_ratio"])
+    registers, refiner_depth = cfg.get("refiner_registers", 0), cfg.get("refiner_depth", 0)
+    m, mlp = text_length + r + registers, int(d * cfg["mlp_ratio"])
     freq = model.t_embedder.mlp[0].in_features
     fourier = cfg["fourier_dim"]
     macs = 0
@@ -534,5 +630,9 @@ def flops_per_image(model: MiroDiT, text_length: int) -> float:
         + 2 * n * d * mlp  # MLP
     )
     macs += cfg["depth"] * block
+    macs += refiner_depth * (4 * m * d * d + 2 * m * m * d + 2 * m * d * mlp)  # refiner: attention + MLP
+    counted_sc = model.self_conditioning if self_conditioned is None else self_conditioned
+    if counted_sc and model.self_conditioning:
+        macs += n * 2 * d * mlp  # the self-conditioning MLP over the image tokens
     macs += 2 * d * d + n * d * p * p * embed_in  # final layer
     return 2.0 * macs

@@ -96,8 +96,9 @@ def test_each_compiled_configuration_compiles_after_a_reset() -> None:
 
 def test_bench_rewards_tiny_runs_on_cpu(tmp_path: Path) -> None:
     out = tmp_path / "rewards.json"
-    proc = run("bench/bench_rewards.py", "--tiny", "--device", "cpu", "--batch-size", "2", "--vqa-batch-size",
-               "1", "--image-size", "64", "--warmup", "0", "--iters", "1", "--threads", "1", "--out", str(out))
+    proc = run("bench/bench_rewards.py", "--tiny", "--device", "cpu", "--batch-size", "2",
+               "--vqa-batch-size", "1", "--image-size", "64", "--warmup", "0", "--iters", "1",
+               "--threads", "1", "--out", str(out))
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = json.loads(out.read_text())
     assert {r["reward"].split(" ")[0] for r in rows} == {"aesthetic", "hps", "imagereward", "pick", "sci",

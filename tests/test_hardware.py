@@ -91,7 +91,9 @@ def test_busy_cores_is_a_fraction_of_the_machine() -> None:
     assert 0.0 <= busy <= (torch.get_num_threads() + 64)
 
 
-def test_training_config_resolves_auto_and_records_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_training_config_resolves_auto_and_records_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     before = torch.get_num_threads()
     try:
         for info, lightning in ((AVX2, "32-true"), (AMX, "bf16-mixed")):

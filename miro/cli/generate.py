@@ -89,6 +89,24 @@ def read_prompts(args: argparse.Namespace) -> list[str]:
     return prompts
 
 
+def image_record(
+    pipe: MiroPipeline, checkpoint: str | Path, targets: dict[str, float], negatives: dict[str, float],
+    negative_prompt: str | None, sampling: dict,
+) -> dict:
+    """The metadata written next to every image (the image's prompt and seed are added to it): enough to
+    generate it again. ``miro-app`` writes the same record for each image it shows."""
+    return {
+        "rewards": {n: targets.get(n, TARGET_MAX) for n in pipe.reward_names},
+        "negative_rewards": negatives,
+        "negative_prompt": negative_prompt,
+        "guidance": sampling["guidance"],
+        "steps": sampling["steps"],
+        "precision": pipe.precision,
+        "checkpoint": str(checkpoint),
+        "checkpoint_sha256": file_hash(Path(pipe.pretrained.path) / WEIGHTS),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -106,16 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     # Image i of the run (prompts in order, each repeated --n times) uses seed + i.
     jobs = [(prompt, args.seed + i) for i, prompt in enumerate(p for p in prompts for _ in range(args.n))]
     sampling = pipe.sampling(args.guidance, args.steps)
-    common = {
-        "rewards": {n: targets.get(n, TARGET_MAX) for n in pipe.reward_names},
-        "negative_rewards": negatives,
-        "negative_prompt": args.negative_prompt,
-        "guidance": sampling["guidance"],
-        "steps": sampling["steps"],
-        "precision": args.precision,
-        "checkpoint": str(args.checkpoint),
-        "checkpoint_sha256": file_hash(Path(pipe.pretrained.path) / WEIGHTS),
-    }
+    common = image_record(pipe, args.checkpoint, targets, negatives, args.negative_prompt, sampling)
     # Everything is written to a hidden staging directory next to --out and moved in at the end, so an
     # interrupted run never leaves a half-written output directory behind.
     args.out.parent.mkdir(parents=True, exist_ok=True)

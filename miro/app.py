@@ -242,9 +242,13 @@ def _slider(gr: Any, name: str, setting: str) -> Any:
 
 
 def launch(model: AppModel, host: str = "127.0.0.1", port: int | None = None, block: bool = True) -> Any:
-    """Serve the app; returns the running Blocks (``block=False``: at once, for tests)."""
+    """Serve the app and print its URL; returns the running Blocks (``block=False``: at once, for tests;
+    else when the server stops). ``port=None``: the first free port from 7860."""
     demo = build_app(model)
     demo.queue(default_concurrency_limit=1)  # one generation at a time: a model uses every core it has
-    demo.launch(server_name=host, server_port=port, share=False, prevent_thread_lock=not block,
-                ssr_mode=False, show_error=False, quiet=not block, footer_links=[])
+    demo.launch(server_name=host, server_port=port, share=False, prevent_thread_lock=True,
+                ssr_mode=False, show_error=False, quiet=True, footer_links=[])
+    if block:
+        print(f"miro-app: {model.name} on {demo.local_url} (Ctrl+C stops it)", flush=True)
+        demo.block_thread()
     return demo

@@ -46,7 +46,7 @@ def free_port() -> int:
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
     from miro.app import AppModel, launch
 
-    export = export_tiny_model(tmp_path_factory.mktemp("app") / "tiny" / "export", None)
+    export = export_tiny_model(tmp_path_factory.mktemp("app") / "tiny-random" / "export", None)
     model = AppModel(MiroPipeline.from_pretrained(export), str(export), max_images=4)
     port = free_port()
     demo = launch(model, "127.0.0.1", port, block=False)

@@ -199,3 +199,21 @@ def test_push_failures_are_one_line(monkeypatch: pytest.MonkeyPatch, tmp_path: P
         assert message in err and err.count("\n") == 1, err
     # only the first case got as far as the API
     assert [name for name, _ in api.calls] == ["create_repo", "upload_folder"]
+
+
+def test_miro_app_serves_a_repo_id(cache: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    import miro.app
+    from miro.cli import app as app_cli
+
+    served = []
+    monkeypatch.setattr(miro.app, "launch",
+                        lambda model, host, port, block: served.append((model, host, port)))
+    assert app_cli.main(["--checkpoint", REPO, "--revision", "v2", "--port", "0", "--precision", "fp32"]) == 0
+    (model, host, port), = served
+    assert model.pipe.pretrained.path == cache / "models--someone--tiny-miro" / "snapshots" / V2
+    assert (model.checkpoint, model.name, host, port) == (f"{REPO}@v2", f"{REPO}@v2", "127.0.0.1", None)
+    assert "someone/tiny-miro@v2 (4 rewards: alignment, sharpness" in capsys.readouterr().out
+    assert app_cli.main(["--checkpoint", REPO, "--revision", "nope"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("miro-app: someone/tiny-miro: no such local model directory")
+    assert err.count("\n") == 1

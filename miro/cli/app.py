@@ -53,7 +53,6 @@ def main(argv: list[str] | None = None) -> int:
     checkpoint = args.checkpoint if args.revision is None else f"{args.checkpoint}@{args.revision}"
     model = AppModel(pipe, checkpoint, max_images=args.max_images)
     print(f"miro-app: {model.name} ({len(pipe.reward_names)} rewards: {', '.join(pipe.reward_names)})")
-    print(f"miro-app: open http://{args.host}:{args.port or 7860} in a browser (Ctrl+C stops it)", flush=True)
     try:
         launch(model, args.host, args.port or None, block=True)
     except KeyboardInterrupt:

@@ -55,11 +55,12 @@ def resolve_model_dir(source: str | Path, revision: str | None = None) -> Path:
             )
         return local
     parsed = split_hub_id(str(source), revision)
-    if parsed is None:
-        raise CheckpointError(
-            f"{source}: no such model directory (training exports one to <run dir>/export), "
-            "nor a Hugging Face Hub repo id (owner/name[@revision])"
-        )
+    if parsed is None:  # a missing local path: load_pretrained says so, in its own words
+        if revision is not None:
+            raise CheckpointError(
+                f"{source}: no such model directory, and revision={revision!r} is only for Hub repo ids"
+            )
+        return local
     repo_id, rev = parsed
     return Path(_snapshot(repo_id, rev, str(source)))
 
@@ -97,7 +98,7 @@ def _snapshot(repo_id: str, revision: str | None, source: str) -> str:
     except LocalEntryNotFoundError:
         where = f"no such local model directory, and {at} is not in the local Hub cache"
         where += f" ({constants.HF_HUB_CACHE})"
-        if constants.is_offline_mode():
+        if constants.HF_HUB_OFFLINE:
             raise CheckpointError(
                 f"{source}: {where}; HF_HUB_OFFLINE is set, so nothing is downloaded"
             ) from None

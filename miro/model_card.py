@@ -194,7 +194,10 @@ def record_evaluation(model_dir: str | Path, res: Any, out_dir: str | Path) -> l
     write_bytes_atomic(side, f"## Evaluation\n\n{section}\n".encode())
     written = [side]
     if not _in_hub_cache(Path(model_dir)):
-        written.append(update_card_evaluation(model_dir, section))
+        try:
+            written.append(update_card_evaluation(model_dir, section))
+        except OSError:  # a read-only model directory: the section next to the report is what there is
+            pass
     return written
 
 

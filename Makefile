@@ -33,7 +33,7 @@ DEMO_STEPS ?= $(shell echo $$(( $(DEMO_MINUTES) * $(STEPS_PER_MINUTE) )))
 PROMPTS ?= conf/prompts/shapes_demo.txt
 ARGS ?=
 
-.PHONY: setup test test-slow lint data caption-shards score-shards fit-bins cache-latents train samples eval demo grpo grpo-study report bench bench-gpu clean-demo
+.PHONY: setup test test-slow test-app app app-deps lint data caption-shards score-shards fit-bins cache-latents train samples eval demo grpo grpo-study report bench bench-gpu clean-demo
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON_BASE) -m venv $(VENV)
@@ -50,6 +50,26 @@ test: setup
 
 test-slow: setup
 	$(PY) -m pytest -m slow; rc=$$?; if [ $$rc -eq 5 ]; then echo "no test is marked slow at present"; else exit $$rc; fi
+
+# The web app and its browser test (docs/app.md): the app and apptest extras, installed only when missing,
+# and Debian's chromium (apt-get install chromium), which Playwright is pointed at (it downloads no browser).
+CHECKPOINT ?= $(RUN_DIR)/export
+APP_PORT ?= 7860
+CHROMIUM ?= /usr/bin/chromium
+TEST_ARTIFACTS ?= build/test-app
+
+app-deps: setup
+	@$(PY) -c "import importlib.util as u, sys; sys.exit(not (u.find_spec('gradio') and u.find_spec('playwright')))" \
+		|| $(PY) -m pip install -q -e ".[$(EXTRAS),app,apptest]"
+
+app: app-deps
+	@if [ "$(CHECKPOINT)" = "$(RUN_DIR)/export" ] && [ ! -f "$(CHECKPOINT)/config.json" ]; then \
+		echo "make app: no model at $(CHECKPOINT): run make demo first (or make app CHECKPOINT=owner/name)"; exit 2; fi
+	$(VENV)/bin/miro-app --checkpoint $(CHECKPOINT) --port $(APP_PORT) $(ARGS)
+
+test-app: app-deps
+	@test -x $(CHROMIUM) || { echo "make test-app: no browser at $(CHROMIUM): apt-get install chromium"; exit 2; }
+	MIRO_CHROMIUM=$(CHROMIUM) MIRO_TEST_ARTIFACTS=$(TEST_ARTIFACTS) $(PY) -m pytest -m app -p no:cacheprovider
 
 lint: setup
 	$(PY) -m ruff check miro data_prep tests bench

@@ -358,9 +358,12 @@ class MiroPipeline:
 
     @classmethod
     def from_pretrained(
-        cls, path: str | Path, device: str | torch.device = "cpu", precision: str = "auto"
+        cls, path: str | Path, device: str | torch.device = "cpu", precision: str = "auto",
+        revision: str | None = None,
     ) -> MiroPipeline:
-        return cls(load_pretrained(path, device=device), device, precision)
+        """A model directory, or a Hugging Face Hub repo id (``owner/name``, ``revision`` or
+        ``owner/name@revision``), as :func:`miro.pretrained.load_pretrained` resolves it."""
+        return cls(load_pretrained(path, device=device, revision=revision), device, precision)
 
     @property
     def reward_names(self) -> list[str]:

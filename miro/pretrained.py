@@ -26,6 +26,7 @@ from torch import nn
 
 from miro.data.bins import RewardBins
 from miro.data.shards import write_bytes_atomic
+from miro.model_card import write_model_card
 
 FORMAT = "miro-pretrained/1"
 WEIGHTS = "model.safetensors"
@@ -111,13 +112,20 @@ def save_pretrained(
         **(extra or {}),
     }
     write_bytes_atomic(out / CONFIG, json.dumps(config, indent=2).encode())
+    write_model_card(out, config)
     return out
 
 
-def load_pretrained(path: str | Path, device: str | torch.device = "cpu") -> Pretrained:
-    """Rebuild an exported model; every way a directory can be wrong is a :class:`CheckpointError`
-    naming the file and the field, so a CLI can show it as one line."""
-    root = Path(path)
+def load_pretrained(
+    path: str | Path, device: str | torch.device = "cpu", revision: str | None = None
+) -> Pretrained:
+    """Rebuild an exported model from a directory or a Hugging Face Hub repo id (``owner/name``, with
+    ``revision`` or ``owner/name@revision``; :func:`miro.hub.resolve_model_dir`); every way a directory
+    can be wrong is a :class:`CheckpointError` naming the file and the field, so a CLI can show it as one
+    line."""
+    from miro.hub import resolve_model_dir
+
+    root = resolve_model_dir(path, revision)
     if root.is_file():
         root = root.parent
     if not root.is_dir():

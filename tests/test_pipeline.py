@@ -237,7 +237,7 @@ def test_bf16_sampling_is_deterministic_and_close_to_fp32(pipe: MiroPipeline) ->
     assert torch.equal(a, fast(PROMPTS, seed=2, output="tensor"))
     full = pipe(PROMPTS, seed=2, output="tensor")
     assert (a.float() - full.float()).abs().mean() < 2.0  # rounding, not a different image
-    with pytest.raises(ValueError, match="precision must be one of fp32, bf16"):
+    with pytest.raises(ValueError, match="precision must be one of auto, fp32, bf16"):
         MiroPipeline(pipe.pretrained, precision="fp16")
 
 

@@ -24,6 +24,7 @@ from miro.eval.report import write_report
 from miro.eval.results_report import write_results_report
 from miro.eval.runner import EvalSettings, Evaluator
 from miro.eval.study import STUDIES, Study, StudyError, compose_study_config, run_steps
+from miro.model_card import record_evaluation
 from miro.pipeline import PRECISIONS, MiroPipeline
 from miro.pretrained import CheckpointError
 from miro.rewards.base import RewardModel, UnknownRewardError
@@ -195,6 +196,8 @@ def main(argv: list[str] | None = None) -> int:
     paths = write_report(results, args.out)
     print(f"Evaluated {results.images_generated} images in {results.seconds:.0f} s.")
     print(f"Report: {paths['markdown']}\nResults: {paths['json']}")
+    for card in record_evaluation(pipe.pretrained.path, results, args.out):  # miro.model_card
+        print(f"Model card: {card}")
     for key in ("sweeps", "best_of_n"):
         if key in paths:
             print(f"Plot: {paths[key]}")

@@ -133,6 +133,32 @@ def read_prompts(args: argparse.Namespace) -> list[str]:
     return prompts
 
 
+def image_record(pipe: MiroPipeline, checkpoint: str | Path, used: dict, compute: dict | None = None) -> dict:
+    """The metadata written next to every image (the image's prompt and seed are added to it): enough to
+    generate it again. ``used`` is :meth:`MiroPipeline.resolve`'s record of the call. ``miro-app`` writes
+    the same record for each image it shows."""
+    record = {
+        "rewards": {n: r["target"] for n, r in used["rewards"].items()},
+        "negative_rewards": {n: r["target"] for n, r in used["negative_rewards"].items()},
+        # the trained level each target was snapped to, and the conditioning value actually used
+        "reward_levels": used["rewards"],
+        "negative_reward_levels": used["negative_rewards"],
+        "push": used["push"],
+        "negative_prompt": used["negative_prompt"],  # null: the same caption as the prompt
+        "guidance": used["guidance"],
+        "guidance_interval": used["guidance_interval"],
+        "guidance_ramp": used["guidance_ramp"],
+        "steps": used["steps"],
+        "precision": pipe.precision,
+    }
+    if compute is not None:
+        record["compute"] = compute
+    return record | {
+        "checkpoint": str(checkpoint),
+        "checkpoint_sha256": file_hash(Path(pipe.pretrained.path) / WEIGHTS),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -149,23 +175,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # Image i of the run (prompts in order, each repeated --n times) uses seed + i.
     jobs = [(prompt, args.seed + i) for i, prompt in enumerate(p for p in prompts for _ in range(args.n))]
-    common = {
-        "rewards": {n: r["target"] for n, r in used["rewards"].items()},
-        "negative_rewards": {n: r["target"] for n, r in used["negative_rewards"].items()},
-        # the trained level each target was snapped to, and the conditioning value actually used
-        "reward_levels": used["rewards"],
-        "negative_reward_levels": used["negative_rewards"],
-        "push": used["push"],
-        "negative_prompt": used["negative_prompt"],  # null: the same caption as the prompt
-        "guidance": used["guidance"],
-        "guidance_interval": used["guidance_interval"],
-        "guidance_ramp": used["guidance_ramp"],
-        "steps": used["steps"],
-        "precision": pipe.precision,
-        "compute": compute_record(pipe.precision_choice, threads),
-        "checkpoint": str(args.checkpoint),
-        "checkpoint_sha256": file_hash(Path(pipe.pretrained.path) / WEIGHTS),
-    }
+    common = image_record(pipe, args.checkpoint, used, compute_record(pipe.precision_choice, threads))
     # Everything is written to a hidden staging directory next to --out and moved in at the end, so an
     # interrupted run never leaves a half-written output directory behind.
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -33,20 +33,28 @@ DEMO_STEPS ?= $(shell echo $$(( $(DEMO_MINUTES) * $(STEPS_PER_MINUTE) )))
 PROMPTS ?= conf/prompts/shapes_demo.txt
 ARGS ?=
 
-.PHONY: setup test test-slow test-app app app-deps lint data caption-shards score-shards fit-bins cache-latents train samples eval demo grpo grpo-study report bench bench-gpu clean-demo
+.PHONY: setup lock test test-slow test-app app app-deps lint data caption-shards score-shards fit-bins cache-latents train samples eval demo grpo grpo-study report bench bench-gpu clean-demo
 
-$(VENV)/.installed: pyproject.toml
+# Every package but torch is installed at the version constraints.txt pins (make lock regenerates it).
+CONSTRAINTS ?= constraints.txt
+
+$(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
 	$(PYTHON_BASE) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH_SPEC) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
-	$(PY) -m pip install -q -e ".[$(EXTRAS)]"
+	$(PY) -m pip install -q -c $(CONSTRAINTS) -e ".[$(EXTRAS)]"
 	$(PY) -c "import sys; from miro.utils.torchvision_shim import main; sys.exit(main(['--install']))"
 	touch $@
 
 setup: $(VENV)/.installed
 
-test: setup
+# The CPU smoke test of the GPU benchmark (tests/test_bench_smoke.py) runs the reference network too.
+test: setup .bench/miro_t2i/.installed
 	$(PY) -m pytest
+
+# constraints.txt from a fresh resolution of every extra (tools/write_constraints.py); commit the result.
+lock: setup
+	$(PY) tools/write_constraints.py
 
 test-slow: setup
 	$(PY) -m pytest -m slow; rc=$$?; if [ $$rc -eq 5 ]; then echo "no test is marked slow at present"; else exit $$rc; fi
@@ -60,7 +68,7 @@ TEST_ARTIFACTS ?= build/test-app
 
 app-deps: setup
 	@$(PY) -c "import importlib.util as u, sys; sys.exit(not (u.find_spec('gradio') and u.find_spec('playwright')))" \
-		|| $(PY) -m pip install -q -e ".[$(EXTRAS),app,apptest]"
+		|| $(PY) -m pip install -q -c $(CONSTRAINTS) -e ".[$(EXTRAS),app,apptest]"
 
 app: app-deps
 	@if [ "$(CHECKPOINT)" = "$(RUN_DIR)/export" ] && [ ! -f "$(CHECKPOINT)/config.json" ]; then \
@@ -72,7 +80,7 @@ test-app: app-deps
 	MIRO_CHROMIUM=$(CHROMIUM) MIRO_TEST_ARTIFACTS=$(TEST_ARTIFACTS) $(PY) -m pytest -m app -p no:cacheprovider
 
 lint: setup
-	$(PY) -m ruff check miro data_prep tests bench
+	$(PY) -m ruff check miro data_prep tests bench tools
 
 data: setup
 	$(VENV)/bin/miro-data shapes --out $(SHARDS) --n $(N) --size $(SIZE) --max-objects $(MAX_OBJECTS) \

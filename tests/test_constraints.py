@@ -19,7 +19,8 @@ def test_setup_installs_with_the_constraints() -> None:
 
 
 def test_constraints_pin_every_dependency_but_the_torch_build() -> None:
-    lines = [ln for ln in (REPO / "constraints.txt").read_text().splitlines() if ln and not ln.startswith("#")]
+    text = (REPO / "constraints.txt").read_text()
+    lines = [ln for ln in text.splitlines() if ln and not ln.startswith("#")]
     pins = dict(ln.split("==") for ln in lines)
     assert all(v and v[0].isdigit() for v in pins.values())
     names = {n.lower().replace("_", "-") for n in pins}

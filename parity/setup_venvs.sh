@@ -23,6 +23,8 @@ make_venv() {  # name, then extra pip commands run inside it
 
 imagereward_extras() {  # ImageReward 1.5 (BLIP) and the LAION aesthetic MLP it ships, on OpenAI CLIP
   local py="$1/bin/python"
+  # openai-clip imports pkg_resources, which setuptools 81 removed
+  "$py" -m pip install -q setuptools==80.9.0
   "$py" -m pip install -q --no-deps timm==0.6.13 openai-clip==1.0.1 image-reward==1.5
   "$py" -m pip install -q --no-deps --no-build-isolation fairscale==0.4.13
 }

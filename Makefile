@@ -33,7 +33,7 @@ DEMO_STEPS ?= $(shell echo $$(( $(DEMO_MINUTES) * $(STEPS_PER_MINUTE) )))
 PROMPTS ?= conf/prompts/shapes_demo.txt
 ARGS ?=
 
-.PHONY: setup test test-slow lint data score-shards fit-bins cache-latents train samples eval demo grpo report bench bench-gpu clean-demo
+.PHONY: setup test test-slow lint data score-shards fit-bins cache-latents train samples eval demo grpo report bench bench-gpu clean-demo parity
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON_BASE) -m venv $(VENV)
@@ -139,3 +139,11 @@ bench-gpu: setup .bench/miro_t2i/.installed
 
 clean-demo:
 	rm -rf $(DEMO_DIR)
+
+# Reward parity (docs/rewards.md): the original packages, each in its own pinned venv under PARITY_DIR
+# (built once, nice'd), against MIRO's loaders on tiny random models; not part of make test.
+PARITY_DIR ?= .parity
+
+parity: setup
+	PARITY_DIR=$(PARITY_DIR) PYTHON_BASE=$(PYTHON_BASE) nice -n 10 bash parity/setup_venvs.sh
+	PYTHONPATH=$(CURDIR) OMP_NUM_THREADS=1 $(PY) -m parity.run --parity-dir $(PARITY_DIR) $(ARGS)

@@ -32,7 +32,10 @@ ORIGINALS = {
     "sci": ("hpsv2", "parity.originals.hfclip", "model card: transformers 4.49 CLIPModel"),
 }
 NOT_RUN = {
-    "vqa": ("t2v-metrics 3.0 `CLIPT5ForConditionalGeneration`", "harness script not written yet"),
+    "vqa": (
+        "t2v-metrics 3.0 `CLIPT5ForConditionalGeneration`",
+        "venv built, no comparison script yet; loader tested on the original key names",
+    ),
     "clip": ("jina-clip-v2 (remote code on the hub)", "cannot be run offline; settings/formula tested"),
 }
 

@@ -22,7 +22,7 @@ from parity.common import (
     OPENAI_CLIP_TINY_OPEN_CLIP,
     read_inputs,
 )
-from parity.compare import ParityRow, grey_level_difference, relative_difference
+from parity.compare import SCORE_FLOOR, ParityRow, grey_level_difference, relative_difference
 
 
 def _register_open_clip(folder: Path) -> None:
@@ -60,6 +60,10 @@ def _load(reward: str, work: Path):
         return load_imagereward_scorer(
             folder / "ImageReward.pt", folder / "med_config.json", folder / "vocab.txt", BLIP_VIT_TINY
         )
+    if reward == "vqa":
+        from miro.rewards.vqa import load_clip_t5_scorer
+
+        return load_clip_t5_scorer(folder / "model", folder / "tokenizer", folder / "vision", torch.float32)
     raise ValueError(f"parity: no loader for {reward!r}")
 
 
@@ -96,8 +100,10 @@ def compare(reward: str, original: str, work: Path) -> ParityRow:
             finally:
                 scorer.preprocess = preprocess
     reference = result["scores"]
-    row.end_to_end = relative_difference(torch.stack(ends), reference)
-    row.model_only = relative_difference(torch.stack(onlys), reference)
+    # VQAScore is a probability, positive but tiny for a random model: compare it purely relatively.
+    floor = 1e-30 if reward == "vqa" else SCORE_FLOOR
+    row.end_to_end = relative_difference(torch.stack(ends), reference, floor)
+    row.model_only = relative_difference(torch.stack(onlys), reference, floor)
     row.grey_levels = grey_level_difference(
         torch.stack(pre), result["pixels"], preprocess.mean, preprocess.std
     )

@@ -30,12 +30,9 @@ ORIGINALS = {
     "hps": ("hpsv2", "parity.originals.hps", "hpsv2 1.2.0 `img_score` + its open_clip"),
     "pick": ("hpsv2", "parity.originals.hfclip", "model card: transformers 4.49 CLIPModel"),
     "sci": ("hpsv2", "parity.originals.hfclip", "model card: transformers 4.49 CLIPModel"),
+    "vqa": ("t2v", "parity.originals.vqa", "t2v-metrics 3.0 `CLIPT5Model.forward`"),
 }
 NOT_RUN = {
-    "vqa": (
-        "t2v-metrics 3.0 `CLIPT5ForConditionalGeneration`",
-        "venv built, no comparison script yet; loader tested on the original key names",
-    ),
     "clip": ("jina-clip-v2 (remote code on the hub)", "cannot be run offline; settings/formula tested"),
 }
 

@@ -50,9 +50,7 @@ add_torchvision_shim() {  # PyPI's torchvision is a CUDA build; next to CPU torc
   "$py" -c "import torchvision.transforms" || { echo "torchvision does not import in $1"; exit 1; }
 }
 
-# t2v-metrics' venv is for the VQAScore comparison, which has no script yet: built only on request
-# (PARITY_VENVS="imagereward hpsv2 t2v"), so a default run does not spend minutes installing it.
-PARITY_VENVS=${PARITY_VENVS:-imagereward hpsv2}
+PARITY_VENVS=${PARITY_VENVS:-imagereward hpsv2 t2v}
 mkdir -p "$PARITY_DIR"
 for name in $PARITY_VENVS; do
   make_venv "$name" "${name}_extras"

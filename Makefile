@@ -52,7 +52,7 @@ test-slow: setup
 	$(PY) -m pytest -m slow; rc=$$?; if [ $$rc -eq 5 ]; then echo "no test is marked slow at present"; else exit $$rc; fi
 
 lint: setup
-	$(PY) -m ruff check miro data_prep tests bench
+	$(PY) -m ruff check miro data_prep tests bench parity
 
 data: setup
 	$(VENV)/bin/miro-data shapes --out $(SHARDS) --n $(N) --size $(SIZE) --max-objects $(MAX_OBJECTS) \

@@ -399,6 +399,37 @@ def test_hps_checkpoints_load_with_weights_only(tiny_open_clip, tmp_path):
         HpsReward(arch=tiny_open_clip, paths={"checkpoint": str(tmp_path / "evil.pt")})
 
 
+def test_hps_loader_is_strict_and_explains_what_it_drops(tiny_open_clip, tmp_path):
+    """Real checkpoints: DDP's module. prefix, half-precision storage, a stale buffer; anything else fails."""
+    model = _open_clip_model(tiny_open_clip, 4)
+    state = {f"module.{k}": v.half() for k, v in model.state_dict().items()}
+    state["module.text.position_ids"] = torch.arange(8)[None]
+    torch.save({"epoch": 1, "state_dict": state}, tmp_path / "hps.pt")
+    reward = HpsReward(arch=tiny_open_clip, paths={"checkpoint": str(tmp_path / "hps.pt")})
+    assert reward.scorer.load_report.dropped == {
+        "text.position_ids": "position-id buffer of older transformers"
+    }
+    loaded = reward.scorer.model.state_dict()
+    assert all(v.dtype == torch.float32 for v in loaded.values() if v.is_floating_point())
+    torch.testing.assert_close(loaded["logit_scale"], model.state_dict()["logit_scale"].half().float())
+    for name, bad in (
+        ("extra", {**state, "module.visual.head.weight": torch.zeros(2)}),
+        ("shape", {**state, "module.logit_scale": torch.zeros(3)}),
+        ("missing", {k: v for k, v in state.items() if not k.endswith("ln_final.weight")}),
+    ):
+        torch.save({"state_dict": bad}, tmp_path / f"{name}.pt")
+        with pytest.raises(RewardCheckpointError) as err:
+            HpsReward(arch=tiny_open_clip, paths={"checkpoint": str(tmp_path / f"{name}.pt")})
+        line = str(err.value)
+        assert "\n" not in line and f"{name}.pt" in line, line
+        expected = {
+            "extra": "unexpected key 'visual.head.weight'",
+            "shape": "shape mismatch for logit_scale",
+            "missing": "missing key 'ln_final.weight'",
+        }[name]
+        assert expected in line, line
+
+
 # ---------------------------------------------------------------------------------------------------
 # imagereward
 

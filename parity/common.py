@@ -13,8 +13,19 @@ from pathlib import Path
 
 import numpy as np
 
-# (height, width): odd centre-crop margins, portrait and landscape, one square.
-IMAGE_SIZES = ((451, 300), (250, 333), (1216, 832), (512, 512), (300, 451), (333, 250))
+# (height, width): portrait and landscape, one square; 832x1216 (SDXL), 449x300 and 251x333 (width x
+# height) leave an odd centre-crop margin at 224 px (103, 111, 73), where torchvision and transformers
+# place the crop one pixel apart.
+IMAGE_SIZES = (
+    (451, 300),
+    (250, 333),
+    (1216, 832),
+    (512, 512),
+    (300, 451),
+    (333, 250),
+    (300, 449),
+    (333, 251),
+)
 CAPTIONS = (
     "a red circle on a blue background",
     "two blue squares above a yellow triangle",
@@ -22,6 +33,8 @@ CAPTIONS = (
     "a cat sitting on a wooden table",
     "an astronaut riding a horse, digital art",
     "a bowl of fruit next to a window",
+    "a lighthouse on a rocky coast",
+    "a green bicycle leaning against a brick wall",
 )
 SEED = 0
 # Tiny open_clip architecture (same JSON for hpsv2's vendored open_clip and open_clip 3): ViT-H-14's

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from parity.common import IMAGE_SIZES, natural_image
+from parity.common import CAPTIONS, IMAGE_SIZES, natural_image
 from parity.compare import (
     ParityRow,
     grey_level_difference,
@@ -59,4 +59,7 @@ def test_inputs_are_deterministic_and_odd_sized():
     assert a.shape == (33, 25, 3) and a.dtype.name == "uint8" and (a == b).all()
     assert not (a == natural_image(33, 25, seed=4)).all()
     assert a.std() > 20  # gradients, shapes and noise, not a flat image
-    assert (1216, 832) in IMAGE_SIZES and any((h - w) % 2 for h, w in IMAGE_SIZES)
+    assert (1216, 832) in IMAGE_SIZES and len(CAPTIONS) == len(IMAGE_SIZES)
+    # Odd centre-crop margins at 224 px (short side to 224, long side truncated), where crop rules differ.
+    margins = [int(224 * max(h, w) / min(h, w)) - 224 for h, w in IMAGE_SIZES]
+    assert sum(m % 2 for m in margins) >= 3

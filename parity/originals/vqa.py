@@ -113,7 +113,7 @@ def main(work: Path) -> None:
     with torch.no_grad():
         gen = torch.Generator().manual_seed(SEED + 61)
         for p in model.parameters():
-            p.add_(torch.randn(p.shape, generator=gen) * 0.3)
+            p.add_(torch.randn(p.shape, generator=gen) * 0.05)
     # The hub repos hold pickled .bin shards of the full model, vision tower included.
     model.save_pretrained(model_dir, safe_serialization=False, max_shard_size="200KB")
 

@@ -33,7 +33,7 @@ DEMO_STEPS ?= $(shell echo $$(( $(DEMO_MINUTES) * $(STEPS_PER_MINUTE) )))
 PROMPTS ?= conf/prompts/shapes_demo.txt
 ARGS ?=
 
-.PHONY: setup lock test test-slow test-app app app-deps lint data caption-shards score-shards fit-bins cache-latents train samples eval demo grpo grpo-study report bench bench-gpu clean-demo
+.PHONY: setup lock test test-slow test-app app app-deps lint data caption-shards score-shards fit-bins cache-latents train samples eval demo grpo grpo-study report bench bench-gpu clean-demo parity
 
 # Every package but torch is installed at the version constraints.txt pins (make lock regenerates it).
 CONSTRAINTS ?= constraints.txt
@@ -80,7 +80,7 @@ test-app: app-deps
 	MIRO_CHROMIUM=$(CHROMIUM) MIRO_TEST_ARTIFACTS=$(TEST_ARTIFACTS) $(PY) -m pytest -m app -p no:cacheprovider
 
 lint: setup
-	$(PY) -m ruff check miro data_prep tests bench tools
+	$(PY) -m ruff check miro data_prep tests bench tools parity
 
 data: setup
 	$(VENV)/bin/miro-data shapes --out $(SHARDS) --n $(N) --size $(SIZE) --max-objects $(MAX_OBJECTS) \
@@ -180,3 +180,11 @@ bench-gpu: setup .bench/miro_t2i/.installed
 
 clean-demo:
 	rm -rf $(DEMO_DIR)
+
+# Reward parity (docs/rewards.md): the original packages, each in its own pinned venv under PARITY_DIR
+# (built once, nice'd), against MIRO's loaders on tiny random models; not part of make test.
+PARITY_DIR ?= .parity
+
+parity: setup
+	PARITY_DIR=$(PARITY_DIR) PYTHON_BASE=$(PYTHON_BASE) nice -n 10 bash parity/setup_venvs.sh
+	PYTHONPATH=$(CURDIR) OMP_NUM_THREADS=1 $(PY) -m parity.run --parity-dir $(PARITY_DIR) $(ARGS)

@@ -23,7 +23,15 @@ from PIL import Image
 
 from miro.rewards.aesthetic import AestheticHead, AestheticReward, AestheticScorer
 from miro.rewards.base import build_reward, resolve_name
-from miro.rewards.clip_common import CLIP_MEAN, CLIP_STD, HFClipScorer, ImagePreprocess, resolve_dtype
+from miro.rewards.checkpoints import RewardCheckpointError
+from miro.rewards.clip_common import (
+    CLIP_MEAN,
+    CLIP_STD,
+    HFClipScorer,
+    ImagePreprocess,
+    resize_like_pil,
+    resolve_dtype,
+)
 from miro.rewards.hps import HpsReward, HpsScorer, hps_preprocess
 from miro.rewards.imagereward import (
     REWARD_MEAN,
@@ -43,12 +51,14 @@ from miro.rewards.vqa import (
     VqaReward,
     build_projector,
     split_clip_t5_state,
+    vision_state,
 )
 from miro.rewards.weights import MissingWeightsError, hub_file, url_file, weights_dir
 
 torch.set_num_threads(2)
 CAPTIONS = ["a red circle", "two blue squares above a yellow triangle", "a cat"]
 TOL = dict(rtol=1e-4, atol=1e-5)
+VISION_KEY = "vision_tower.vision_tower.vision_model."
 
 
 def _images(n: int = 3, h: int = 40, w: int = 56, seed: int = 0) -> torch.Tensor:
@@ -167,26 +177,76 @@ def _pixels(t: torch.Tensor, mean=CLIP_MEAN, std=CLIP_STD) -> torch.Tensor:
     return (t * torch.tensor(std).view(3, 1, 1) + torch.tensor(mean).view(3, 1, 1)) * 255
 
 
-@pytest.mark.parametrize("size", [(40, 56), (64, 30), (20, 20)])
-def test_crop_preprocess_matches_open_clip_pil_transform(size):
+def _natural(h: int, w: int, seed: int) -> torch.Tensor:
+    """A photo-like uint8 image [1, 3, h, w]: smooth gradients, noise and a hard-edged disc."""
+    g = torch.Generator().manual_seed(seed)
+    yy, xx = torch.meshgrid(torch.linspace(0, 1, h), torch.linspace(0, 1, w), indexing="ij")
+    base = torch.stack([yy * 200 + 20, xx * 180 + 40, (1 - yy) * xx * 230 + 10])
+    base = base + torch.randn(3, h, w, generator=g) * 12
+    disc = (yy - 0.4) ** 2 + (xx - 0.6) ** 2 < 0.05
+    base[:, disc] = torch.tensor([250.0, 30.0, 60.0]).view(3, 1)
+    return base.clamp(0, 255).round().to(torch.uint8)[None]
+
+
+def _pil(img: torch.Tensor) -> Image.Image:
+    return Image.fromarray(img.permute(1, 2, 0).numpy())
+
+
+@pytest.mark.parametrize("size", [(40, 56), (64, 30), (20, 20), (451, 300), (250, 333)])
+def test_crop_preprocess_matches_open_clip_pil_transform_exactly(size):
+    """open_clip's (= OpenAI CLIP's, BLIP's) transform resizes PIL images: we reproduce PIL bit for bit."""
     import open_clip
 
-    images = _images(2, *size)
+    images = torch.cat([_images(1, *size), _natural(*size, seed=1)])
     ours = ImagePreprocess(size=32)(images)
     reference = open_clip.image_transform(32, is_train=False)
     for img, out in zip(images, ours, strict=True):
-        ref = reference(Image.fromarray(img.permute(1, 2, 0).numpy()))
+        ref = reference(_pil(img))
         assert out.shape == ref.shape == (3, 32, 32)
-        assert (_pixels(out) - _pixels(ref)).abs().max() <= 2.01  # grey levels
+        assert (_pixels(out) - _pixels(ref)).abs().max() <= 1e-3  # grey levels: exact up to float noise
 
 
-def _resize_max_size(img: Image.Image, size: int) -> Image.Image:
-    """HPSv2's ResizeMaxSize on PIL: longest side to ``size`` (rounded), centred on black."""
-    scale = size / max(img.size)
-    resized = img.resize(tuple(round(d * scale) for d in img.size), Image.BICUBIC)
-    canvas = Image.new("RGB", (size, size), (0, 0, 0))
-    canvas.paste(resized, ((size - resized.size[0]) // 2, (size - resized.size[1]) // 2))
-    return canvas
+@pytest.mark.parametrize(
+    "size", [(17, 9, 5, 30), (300, 451, 224, 336), (1216, 832, 327, 224), (61, 90, 80, 37), (33, 33, 7, 7)]
+)
+def test_resize_like_pil_is_bit_exact(size):
+    """Both pass orders of Pillow 13 (vertical first when the height shrinks much more) and upscaling."""
+    h, w, oh, ow = size
+    img = _natural(h, w, seed=h)
+    ours = resize_like_pil(img.float(), oh, ow)[0]
+    ref = torch.from_numpy(np.array(_pil(img[0]).resize((ow, oh), Image.BICUBIC))).permute(2, 0, 1)
+    assert torch.equal(ours, ref.float())
+
+
+@pytest.mark.parametrize("size", [(1216, 832), (333, 250), (451, 300), (300, 451)])
+def test_hf_processor_crop_takes_the_floor_of_an_odd_margin(size):
+    """transformers' center_crop: top = (h - crop) // 2; torchvision's rounds (1216x832: 103 -> 51 vs 52)."""
+    from transformers.image_transforms import center_crop
+
+    img = _natural(*size, seed=3)
+    config = CLIP_PROCESSOR | {"crop_size": {"height": 224, "width": 224}, "size": {"shortest_edge": 224}}
+    pre = ImagePreprocess.from_hf_processor(config)
+    h, w = size
+    nh, nw = (224, int(224 * w / h)) if h <= w else (int(224 * h / w), 224)
+    resized = np.array(_pil(img[0]).resize((nw, nh), Image.BICUBIC))
+    ref = center_crop(resized, (224, 224), input_data_format="channels_last")
+    ours = _pixels(pre(img)[0]).permute(1, 2, 0)
+    assert (ours - torch.from_numpy(np.ascontiguousarray(ref)).float()).abs().max() <= 1e-3
+    if size == (1216, 832):
+        assert pre.centre_crop_offset(103) == 51 and ImagePreprocess(size=224).centre_crop_offset(103) == 52
+
+
+def _resize_max_size(img: torch.Tensor, size: int) -> torch.Tensor:
+    """hpsv2 1.2.0's validation transform: ToTensor(), then ResizeMaxSize on the float tensor."""
+    import torchvision.transforms.functional as TF
+    from torchvision.transforms import InterpolationMode, ToTensor
+
+    t = ToTensor()(_pil(img))
+    h, w = t.shape[1:]
+    new = tuple(round(d * size / max(h, w)) for d in (h, w))
+    t = TF.resize(t, list(new), InterpolationMode.BICUBIC)
+    pad_h, pad_w = size - new[0], size - new[1]
+    return TF.pad(t, [pad_w // 2, pad_h // 2, pad_w - pad_w // 2, pad_h - pad_h // 2], fill=0) * 255
 
 
 def _expand2square(img: Image.Image, fill: tuple[int, int, int]) -> Image.Image:
@@ -196,22 +256,27 @@ def _expand2square(img: Image.Image, fill: tuple[int, int, int]) -> Image.Image:
     return canvas
 
 
-@pytest.mark.parametrize("size", [(40, 56), (64, 30)])
-def test_letterbox_and_pad_square_match_pil_references(size):
-    images = _images(2, *size)
-    fill = (122, 116, 104)
+@pytest.mark.parametrize("size", [(40, 56), (64, 30), (451, 300), (250, 333)])
+def test_hps_letterbox_is_hpsv2s_float_resize(size):
+    """One antialiased bicubic pass on the float image, no rounding or clamping (PIL's: 14 levels off)."""
+    images = torch.cat([_images(1, *size), _natural(*size, seed=2)])
     letterbox = hps_preprocess(32)(images)
-    padded = ImagePreprocess(size=32, mode="pad_square", fill=fill)(images)
-    for img, lb, pad in zip(images, letterbox, padded, strict=True):
-        pil = Image.fromarray(img.permute(1, 2, 0).numpy())
-        ref_lb = torch.from_numpy(np.array(_resize_max_size(pil, 32))).permute(2, 0, 1).float()
-        ref_pad = _expand2square(pil, fill).resize((32, 32), Image.BICUBIC)
-        ref_pad = torch.from_numpy(np.array(ref_pad)).permute(2, 0, 1).float()
-        assert (_pixels(lb) - ref_lb).abs().max() <= 2.01
-        assert (_pixels(pad) - ref_pad).abs().max() <= 2.01
+    for img, lb in zip(images, letterbox, strict=True):
+        assert (_pixels(lb) - _resize_max_size(img, 32)).abs().max() <= 1e-3
     # The letterbox keeps a black border on the short side (56 wide -> 32 x 23, 4-5 rows each side).
     if size == (40, 56):
         assert torch.allclose(_pixels(letterbox[:, :, :4]), torch.zeros(1), atol=1e-3)
+
+
+@pytest.mark.parametrize("size", [(40, 56), (64, 30), (333, 250)])
+def test_pad_square_matches_expand2square_and_pil_exactly(size):
+    images = torch.cat([_images(1, *size), _natural(*size, seed=4)])
+    fill = (122, 116, 104)
+    padded = ImagePreprocess(size=32, mode="pad_square", fill=fill)(images)
+    for img, pad in zip(images, padded, strict=True):
+        ref_pad = _expand2square(_pil(img), fill).resize((32, 32), Image.BICUBIC)
+        ref_pad = torch.from_numpy(np.array(ref_pad)).permute(2, 0, 1).float()
+        assert (_pixels(pad) - ref_pad).abs().max() <= 1e-3
 
 
 def test_preprocess_rejects_bad_input_and_settings():
@@ -221,7 +286,13 @@ def test_preprocess_rejects_bad_input_and_settings():
         ImagePreprocess(size=32, mode="zoom")
     with pytest.raises(ValueError, match="bicubic"):
         ImagePreprocess.from_hf_processor({**CLIP_PROCESSOR, "resample": 2})
-    assert ImagePreprocess.from_hf_processor(CLIP_PROCESSOR) == ImagePreprocess(size=32)
+    with pytest.raises(ValueError, match="kernel"):
+        ImagePreprocess(size=32, kernel="lanczos")
+    with pytest.raises(ValueError, match="crop offset"):
+        ImagePreprocess(size=32, crop_offset="round")
+    assert ImagePreprocess.from_hf_processor(CLIP_PROCESSOR) == ImagePreprocess(
+        size=32, crop_offset="transformers"
+    )
 
 
 def test_dtype_resolution():
@@ -326,6 +397,37 @@ def test_hps_checkpoints_load_with_weights_only(tiny_open_clip, tmp_path):
     torch.save({"state_dict": model.state_dict(), "payload": _NotATensor()}, tmp_path / "evil.pt")
     with pytest.raises(Exception, match="(?i)weights.only|unpickl|global"):
         HpsReward(arch=tiny_open_clip, paths={"checkpoint": str(tmp_path / "evil.pt")})
+
+
+def test_hps_loader_is_strict_and_explains_what_it_drops(tiny_open_clip, tmp_path):
+    """Real checkpoints: DDP's module. prefix, half-precision storage, a stale buffer; anything else fails."""
+    model = _open_clip_model(tiny_open_clip, 4)
+    state = {f"module.{k}": v.half() for k, v in model.state_dict().items()}
+    state["module.text.position_ids"] = torch.arange(8)[None]
+    torch.save({"epoch": 1, "state_dict": state}, tmp_path / "hps.pt")
+    reward = HpsReward(arch=tiny_open_clip, paths={"checkpoint": str(tmp_path / "hps.pt")})
+    assert reward.scorer.load_report.dropped == {
+        "text.position_ids": "position-id buffer of older transformers"
+    }
+    loaded = reward.scorer.model.state_dict()
+    assert all(v.dtype == torch.float32 for v in loaded.values() if v.is_floating_point())
+    torch.testing.assert_close(loaded["logit_scale"], model.state_dict()["logit_scale"].half().float())
+    for name, bad in (
+        ("extra", {**state, "module.visual.head.weight": torch.zeros(2)}),
+        ("shape", {**state, "module.logit_scale": torch.zeros(3)}),
+        ("missing", {k: v for k, v in state.items() if not k.endswith("ln_final.weight")}),
+    ):
+        torch.save({"state_dict": bad}, tmp_path / f"{name}.pt")
+        with pytest.raises(RewardCheckpointError) as err:
+            HpsReward(arch=tiny_open_clip, paths={"checkpoint": str(tmp_path / f"{name}.pt")})
+        line = str(err.value)
+        assert "\n" not in line and f"{name}.pt" in line, line
+        expected = {
+            "extra": "unexpected key 'visual.head.weight'",
+            "shape": "shape mismatch for logit_scale",
+            "missing": "missing key 'ln_final.weight'",
+        }[name]
+        assert expected in line, line
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -488,9 +590,9 @@ def test_imagereward_key_mapping_reproduces_blip_vit(imagereward_files):
         ours = vision(pixel_values=pixels).last_hidden_state
     torch.testing.assert_close(ours, _blip_vit_reference(state, pixels), rtol=1e-4, atol=1e-4)
     assert set(parts["head"]) == {f"layers.{i}.{p}" for i in (0, 2, 4, 6, 7) for p in ("weight", "bias")}
-    with pytest.raises(KeyError, match="unexpected key"):
-        map_imagereward_state_dict({"blip.text_decoder.weight": torch.zeros(1)})
-    with pytest.raises(KeyError, match="unexpected vision key"):
+    with pytest.raises(RewardCheckpointError, match="x.pt: unexpected key 'blip.text_decoder.weight'"):
+        map_imagereward_state_dict({"blip.text_decoder.weight": torch.zeros(1)}, file="x.pt")
+    with pytest.raises(RewardCheckpointError, match="key 'blip.visual_encoder.blocks.0.ls1.gamma'"):
         map_imagereward_state_dict({"blip.visual_encoder.blocks.0.ls1.gamma": torch.zeros(1)})
 
 
@@ -691,7 +793,40 @@ def test_vqa_score_is_the_probability_of_yes(vqa_parts):
     torch.testing.assert_close(alone, scores[:1], rtol=1e-4, atol=1e-5)
 
 
-def _write_clip_t5_checkpoint(folder: Path, vqa_parts, fmt: str, lm_head_shift: float = 0.0) -> None:
+def _original_clip_vision_state(vision: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The tower as t2v_metrics' CLIPT5 saves it: a transformers-4 ``CLIPVisionModel`` under
+    ``vision_tower.vision_tower.``, so every weight sits under ``vision_model.``, plus the persistent
+    ``position_ids`` buffer that transformers 4 wrote. The names are spelled out here, not derived."""
+    weights = vision.state_dict()
+    config = vision.config
+    names = [
+        "embeddings.class_embedding",
+        "embeddings.patch_embedding.weight",
+        "embeddings.position_embedding.weight",
+        "pre_layrnorm.weight",
+        "pre_layrnorm.bias",
+        "post_layernorm.weight",
+        "post_layernorm.bias",
+    ]
+    for i in range(config.num_hidden_layers):
+        for sub in ("self_attn.k_proj", "self_attn.v_proj", "self_attn.q_proj", "self_attn.out_proj"):
+            names += [f"encoder.layers.{i}.{sub}.weight", f"encoder.layers.{i}.{sub}.bias"]
+        for sub in ("layer_norm1", "mlp.fc1", "mlp.fc2", "layer_norm2"):
+            names += [f"encoder.layers.{i}.{sub}.weight", f"encoder.layers.{i}.{sub}.bias"]
+    state = {f"vision_tower.vision_tower.vision_model.{n}": weights[n].clone() for n in names}
+    n_positions = (config.image_size // config.patch_size) ** 2 + 1
+    state["vision_tower.vision_tower.vision_model.embeddings.position_ids"] = torch.arange(n_positions)[None]
+    return state
+
+
+def _write_clip_t5_checkpoint(
+    folder: Path,
+    vqa_parts,
+    fmt: str,
+    lm_head_shift: float = 0.0,
+    dtype: torch.dtype = torch.float32,
+    extra: dict | None = None,
+) -> None:
     """The CLIPT5ForConditionalGeneration layout: T5 keys, mm_projector.*, vision_tower.vision_tower.*."""
     from safetensors.torch import save_file
 
@@ -700,7 +835,9 @@ def _write_clip_t5_checkpoint(folder: Path, vqa_parts, fmt: str, lm_head_shift: 
     state["lm_head.weight"] = state["lm_head.weight"] + lm_head_shift
     state["embed_tokens.weight"] = t5.shared.weight.clone()
     state |= {f"mm_projector.{k}": v.clone() for k, v in projector.state_dict().items()}
-    state |= {f"vision_tower.vision_tower.{k}": v.clone() for k, v in vision.state_dict().items()}
+    state |= _original_clip_vision_state(vision)
+    state |= extra or {}
+    state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
     keys = sorted(state)
     shards = [{k: state[k] for k in keys[: len(keys) // 2]}, {k: state[k] for k in keys[len(keys) // 2 :]}]
     prefix, suffix = ("model", "safetensors") if fmt == "safetensors" else ("pytorch_model", "bin")
@@ -747,7 +884,9 @@ def _write_clip_t5_checkpoint(folder: Path, vqa_parts, fmt: str, lm_head_shift: 
     (folder / "config.json").write_text(json.dumps(config))
 
 
-def _vqa_folders(tmp_path: Path, vqa_parts, fmt: str = "safetensors", lm_head_shift: float = 0.0) -> dict:
+def _vqa_folders(
+    tmp_path: Path, vqa_parts, fmt: str = "safetensors", lm_head_shift: float = 0.0, **checkpoint
+) -> dict:
     """Model, tokenizer and vision-tower folders as ``miro-rewards download vqa`` leaves them."""
     from transformers import CLIPVisionModel
 
@@ -755,7 +894,7 @@ def _vqa_folders(tmp_path: Path, vqa_parts, fmt: str = "safetensors", lm_head_sh
     paths = {name: tmp_path / name for name in ("model", "tokenizer", "vision")}
     for folder in paths.values():
         folder.mkdir()
-    _write_clip_t5_checkpoint(paths["model"], vqa_parts, fmt, lm_head_shift)
+    _write_clip_t5_checkpoint(paths["model"], vqa_parts, fmt, lm_head_shift, **checkpoint)
     tokenizer.save_pretrained(paths["tokenizer"])
     # The pretrained CLIP tower differs from the checkpoint's copy, which must win (as in the original).
     CLIPVisionModel(vision.config).save_pretrained(paths["vision"])
@@ -767,10 +906,47 @@ def _vqa_folders(tmp_path: Path, vqa_parts, fmt: str = "safetensors", lm_head_sh
 @pytest.mark.parametrize("fmt", ["safetensors", "bin"])
 def test_vqa_loader_reads_the_clip_t5_layout(vqa_parts, tmp_path, fmt):
     reward = VqaReward(paths=_vqa_folders(tmp_path, vqa_parts, fmt))
-    assert reward.scorer.preprocess == ImagePreprocess(size=28, mode="pad_square", fill=(122, 116, 104))
+    assert reward.scorer.preprocess == ImagePreprocess(
+        size=28, mode="pad_square", fill=(122, 116, 104), crop_offset="transformers"
+    )
     images = _images()
     expected = VqaReward(scorer=ClipT5Scorer(*vqa_parts)).score(images, CAPTIONS)
     torch.testing.assert_close(reward.score(images, CAPTIONS), expected, **TOL)
+    # The tower came from the checkpoint's original vision_model.* names, not the pretrained folder.
+    torch.testing.assert_close(
+        reward.scorer.vision.state_dict()["post_layernorm.weight"],
+        vqa_parts[0].state_dict()["post_layernorm.weight"],
+    )
+    assert reward.scorer.load_report.dropped == {
+        "embed_tokens.weight": "alias of T5's shared embedding (tied)",
+        "vision_tower.vision_tower.vision_model.embeddings.position_ids": (
+            "position-id buffer of older transformers"
+        ),
+    }
+
+
+def test_vqa_loader_reads_half_precision_storage(vqa_parts, tmp_path):
+    reward = VqaReward(paths=_vqa_folders(tmp_path, vqa_parts, dtype=torch.float16), dtype="float32")
+    assert reward.scorer.t5.shared.weight.dtype == torch.float32
+    images = _images()
+    expected = VqaReward(scorer=ClipT5Scorer(*vqa_parts)).score(images, CAPTIONS)
+    torch.testing.assert_close(reward.score(images, CAPTIONS), expected, rtol=1e-2, atol=1e-3)
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        ({VISION_KEY + "encoder.layers.9.mlp.fc1.bias": torch.ones(3)}, "layers.9"),
+        ({"mm_projector.5.weight": torch.zeros(2, 2)}, "mm_projector.5.weight"),
+        ({"encoder.block.7.layer.0.SelfAttention.q.weight": torch.zeros(2, 2)}, "encoder.block.7"),
+    ],
+)
+def test_vqa_loader_fails_on_one_line_naming_file_and_key(vqa_parts, tmp_path, extra, message):
+    paths = _vqa_folders(tmp_path, vqa_parts, extra=extra)
+    with pytest.raises(RewardCheckpointError, match=re.escape(message)) as err:
+        VqaReward(paths=paths)
+    line = str(err.value)
+    assert "\n" not in line and paths["model"] in line and "unexpected key" in line
 
 
 def test_vqa_loader_keeps_flan_t5s_untied_lm_head(vqa_parts, tmp_path):
@@ -783,7 +959,7 @@ def test_vqa_loader_keeps_flan_t5s_untied_lm_head(vqa_parts, tmp_path):
     assert getattr(loaded.config, "scale_decoder_outputs", False) is False  # v1.1 T5s do not rescale
 
 
-def test_vqa_checkpoint_split_and_sizes():
+def test_vqa_checkpoint_split_and_sizes(vqa_parts):
     parts = split_clip_t5_state(
         iter(
             [
@@ -796,6 +972,10 @@ def test_vqa_checkpoint_split_and_sizes():
     )
     assert list(parts["t5"]) == ["shared.weight"] and list(parts["projector"]) == ["0.bias"]
     assert list(parts["vision"]) == ["vision_model.post_layernorm.bias"]
+    # transformers 5's CLIPVisionModel has no vision_model. level: the original names are fitted to it.
+    vision = vqa_parts[0]
+    fitted = vision_state({"vision_model.post_layernorm.bias": torch.zeros(16)}, vision)
+    assert list(fitted) == ["post_layernorm.bias"]
     assert VqaReward.size_sources("xl") == {
         "model": "zhiqiulin/clip-flant5-xl",
         "tokenizer": "google/flan-t5-xl",

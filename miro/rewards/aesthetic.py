@@ -21,12 +21,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from miro.rewards.base import register_reward
+from miro.rewards.checkpoints import DropRule, LoadReport, drop_keys, load_strict
 from miro.rewards.clip_common import ImagePreprocess, ModuleReward, Scorer
 from miro.rewards.weights import WeightFile
 
 HEAD_URL = "https://github.com/christophschuhmann/improved-aesthetic-predictor/raw/main/sac%2Blogos%2Bava1-l14-linearMSE.pth"
 # Layer widths of the published head after the input (its checkpoint fixes them).
 HEAD_WIDTHS = (1024, 128, 64, 16, 1)
+OPEN_CLIP_DROPS = (DropRule(r"position_ids$", "position-id buffer of older transformers"),)
 
 
 class AestheticHead(nn.Module):
@@ -73,12 +75,25 @@ def load_aesthetic_scorer(clip_arch: str, clip_weights: Path, head_weights: Path
     """open_clip ``clip_arch`` with ``clip_weights``; the head from ``head_weights`` (a plain state dict)."""
     import open_clip
 
+    from miro.rewards.hps import open_clip_state
+
     model = open_clip.create_model(clip_arch, pretrained=None)
-    open_clip.load_checkpoint(model, str(clip_weights), strict=True, weights_only=True)
+    report = LoadReport(str(clip_weights))
+    if Path(clip_weights).suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = drop_keys(load_file(str(clip_weights)), OPEN_CLIP_DROPS, report)
+    else:
+        state = open_clip_state(Path(clip_weights), report)
+    load_strict(model, state, reward="aesthetic", file=clip_weights)
+    report.log("aesthetic")
     visual = model.visual
     head = AestheticHead(visual.output_dim)
-    head.load_state_dict(torch.load(head_weights, map_location="cpu", weights_only=True))
-    return AestheticScorer(visual, head, ImagePreprocess(size=image_size(visual)))
+    head_state = torch.load(head_weights, map_location="cpu", weights_only=True)
+    load_strict(head, head_state, reward="aesthetic", file=head_weights)
+    scorer = AestheticScorer(visual, head, ImagePreprocess(size=image_size(visual)))
+    scorer.load_report = report
+    return scorer
 
 
 @register_reward

@@ -2,15 +2,24 @@
 
 All seven MIRO rewards look at images through a CLIP-style tower, each with its own resolution,
 normalisation and resize rule. The originals preprocess PIL images one at a time; here a whole uint8
-batch is preprocessed as tensors on the scoring device, reproducing PIL's bicubic resampling: PIL
-resizes horizontally, rounds to uint8, then vertically and rounds again; doing the same two antialiased
-passes in torch matches PIL to within 2 grey levels (measured, see the tests), where a single float
-pass can be off by 25 levels next to sharp edges.
+batch is preprocessed as tensors on the scoring device. Two resize kernels, because the originals use two:
+
+* ``"pil"`` (:func:`resize_like_pil`): PIL's bicubic, bit for bit. PIL resizes horizontally, rounds to
+  uint8, then vertically and rounds again, with filter taps in 22-bit fixed point; that arithmetic is
+  reproduced exactly (integer taps, float64 sums, which hold every partial sum exactly), so the result
+  equals ``Image.resize(..., BICUBIC)`` to the grey level. A single float pass can be 25 levels off
+  next to sharp edges. OpenAI CLIP, open_clip's default transform, BLIP and transformers' image
+  processors all resize PIL images.
+* ``"tensor"`` (:func:`resize_like_tensor`): one antialiased bicubic ``F.interpolate`` on the float
+  image, no rounding, no clamping: what torchvision's ``F.resize`` does to a float tensor. hpsv2 calls
+  ``ToTensor()`` *before* its ``ResizeMaxSize``, so HPS resizes this way.
 
 Resize rules (``ImagePreprocess.mode``):
 
 * ``"crop"``: shortest side to ``size`` (the long side truncated as torchvision does), centre crop.
-  OpenAI CLIP, open_clip's default, transformers' ``CLIPImageProcessor``, BLIP.
+  OpenAI CLIP, open_clip's default, transformers' ``CLIPImageProcessor``, BLIP. The crop offset differs
+  when the margin is odd: torchvision's ``CenterCrop`` takes ``round(margin / 2)`` (Python's round, half
+  to even), transformers' ``center_crop`` takes ``margin // 2`` (``ImagePreprocess.crop_offset``).
 * ``"letterbox"``: longest side to ``size`` (rounded), pad to a square with ``fill``, the image centred
   (left/top padding ``pad // 2``). HPSv2's ``ResizeMaxSize`` and open_clip's ``resize_mode="longest"``.
 * ``"pad_square"``: pad to a square with ``fill`` first (LLaVA's ``expand2square``), then resize.
@@ -21,6 +30,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -29,12 +39,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from miro.rewards.base import RewardModel
+from miro.rewards.checkpoints import LoadReport, hf_loading_report
 from miro.rewards.weights import WeightFile, fetch
 
 # OpenAI CLIP's normalisation, used by every model here (BLIP and LLaVA reuse it).
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 MODES = ("crop", "letterbox", "pad_square", "squash")
+RESIZE_KERNELS = ("pil", "tensor")
+CROP_OFFSETS = ("torchvision", "transformers")
+# PIL's fixed-point precision for 8-bit resampling (libImaging/Resample.c: 32 - 8 - 2).
+_PIL_PRECISION_BITS = 22
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -49,15 +64,86 @@ def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype
     return _DTYPES[dtype]
 
 
+def _pil_bicubic(x: float) -> float:
+    """PIL's bicubic filter (a = -0.5)."""
+    a = -0.5
+    x = abs(x)
+    if x < 1.0:
+        return ((a + 2.0) * x - (a + 3.0)) * x * x + 1.0
+    if x < 2.0:
+        return (((x - 5.0) * x + 8.0) * x - 4.0) * a
+    return 0.0
+
+
+@lru_cache(maxsize=64)
+def pil_resize_weights(in_size: int, out_size: int) -> torch.Tensor:
+    """PIL's fixed-point bicubic taps for one axis as a float64 [out_size, in_size] matrix of integers.
+
+    A transcription of ``precompute_coeffs`` and ``normalize_coeffs_8bpc`` (Pillow's Resample.c): the
+    support widens with the downscaling factor (antialiasing), each row is normalised to sum 1 in double
+    precision, then each tap is rounded half away from zero to ``2**22`` fixed point.
+    """
+    scale = in_size / out_size
+    filterscale = max(scale, 1.0)
+    support = 2.0 * filterscale
+    # Pillow multiplies by the inverse; dividing instead can differ in the last bit.
+    inv_filterscale = 1.0 / filterscale
+    weights = torch.zeros(out_size, in_size, dtype=torch.float64)
+    for xx in range(out_size):
+        center = (xx + 0.5) * scale
+        xmin = max(int(center - support + 0.5), 0)
+        xmax = min(int(center + support + 0.5), in_size)
+        taps = [_pil_bicubic((x - center + 0.5) * inv_filterscale) for x in range(xmin, xmax)]
+        total = 0.0
+        for tap in taps:
+            total += tap
+        for offset, tap in enumerate(taps):
+            k = tap / total if total != 0.0 else tap
+            scaled = k * (1 << _PIL_PRECISION_BITS)
+            weights[xx, xmin + offset] = int(scaled - 0.5) if k < 0 else int(scaled + 0.5)
+    return weights
+
+
+def _pil_pass(x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """One PIL resampling pass along the last axis of float64 grey levels: sum, round, clip to uint8.
+
+    Every product is an integer below 2**31 and every partial sum below 2**53, so float64 is exact.
+    """
+    acc = x @ weights.to(x.device).T + float(1 << (_PIL_PRECISION_BITS - 1))
+    return torch.floor(acc / float(1 << _PIL_PRECISION_BITS)).clamp_(0, 255)
+
+
 def resize_like_pil(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """Bicubic resize of float [B, C, H, W] in 0..255, the way PIL does it (two rounded passes)."""
-    if x.shape[-1] != width:
-        x = F.interpolate(x, size=(x.shape[-2], width), mode="bicubic", antialias=True, align_corners=False)
-        x = x.round_().clamp_(0, 255)
-    if x.shape[-2] != height:
-        x = F.interpolate(x, size=(height, width), mode="bicubic", antialias=True, align_corners=False)
-        x = x.round_().clamp_(0, 255)
-    return x
+    """Bicubic resize of float [B, C, H, W] grey levels (integers in 0..255) exactly as PIL does it.
+
+    Two passes, each rounded to uint8, in Pillow's order (``ImagingResampleInner``): horizontal first,
+    unless the height shrinks by more than twice as many pixels as the width does (Pillow 13 then runs
+    the vertical pass first; Pillow releases before that change always went horizontal first). An axis
+    whose size does not change is not resampled.
+    """
+    dtype = x.dtype
+    x = x.to(torch.float64)
+    in_height, in_width = x.shape[-2:]
+
+    def horizontal(t: torch.Tensor) -> torch.Tensor:
+        return _pil_pass(t, pil_resize_weights(t.shape[-1], width)) if t.shape[-1] != width else t
+
+    def vertical(t: torch.Tensor) -> torch.Tensor:
+        if t.shape[-2] == height:
+            return t
+        return _pil_pass(t.transpose(-1, -2), pil_resize_weights(t.shape[-2], height)).transpose(-1, -2)
+
+    shrink = in_height - height
+    vertical_first = shrink > 0 and shrink > (in_width - width) * 2
+    x = horizontal(vertical(x)) if vertical_first else vertical(horizontal(x))
+    return x.to(dtype)
+
+
+def resize_like_tensor(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """torchvision's ``F.resize`` of a float tensor: one antialiased bicubic pass, no rounding or clamping."""
+    if tuple(x.shape[-2:]) == (height, width):
+        return x
+    return F.interpolate(x, size=(height, width), mode="bicubic", antialias=True, align_corners=False)
 
 
 def _pad_to(x: torch.Tensor, height: int, width: int, fill: Sequence[float]) -> torch.Tensor:
@@ -72,44 +158,70 @@ def _pad_to(x: torch.Tensor, height: int, width: int, fill: Sequence[float]) -> 
 
 @dataclass(frozen=True)
 class ImagePreprocess:
-    """uint8 [B, 3, H, W] (any device) -> normalised float32 [B, 3, size, size]."""
+    """uint8 [B, 3, H, W] (any device) -> normalised float32 [B, 3, size, size].
+
+    ``kernel``: ``"pil"`` (PIL's two rounded passes, bit-exact) or ``"tensor"`` (one float pass, as
+    torchvision resizes a float tensor). ``crop_offset``: how ``"crop"`` places an odd margin,
+    ``"torchvision"`` (``round(margin / 2)``) or ``"transformers"`` (``margin // 2``).
+    """
 
     size: int
     mean: tuple[float, float, float] = CLIP_MEAN
     std: tuple[float, float, float] = CLIP_STD
     mode: str = "crop"
     fill: tuple[int, int, int] = (0, 0, 0)
+    kernel: str = "pil"
+    crop_offset: str = "torchvision"
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"unknown resize mode {self.mode!r}; use one of {', '.join(MODES)}")
+        if self.kernel not in RESIZE_KERNELS:
+            raise ValueError(f"unknown resize kernel {self.kernel!r}; use one of {', '.join(RESIZE_KERNELS)}")
+        if self.crop_offset not in CROP_OFFSETS:
+            raise ValueError(
+                f"unknown crop offset {self.crop_offset!r}; use one of {', '.join(CROP_OFFSETS)}"
+            )
         if self.size < 1:
             raise ValueError(f"image size must be positive, got {self.size}")
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"expected uint8 images [B, 3, H, W], got {images.dtype} {tuple(images.shape)}")
-        x = images.float()
-        h, w = x.shape[-2:]
-        s = self.size
-        if self.mode == "crop":
-            # torchvision's Resize(int): the short side becomes s, the long side is truncated.
-            nh, nw = (s, int(s * w / h)) if h <= w else (int(s * h / w), s)
-            x = resize_like_pil(x, nh, nw)
-            top, left = int(round((nh - s) / 2.0)), int(round((nw - s) / 2.0))
-            x = x[:, :, top : top + s, left : left + s]
-        elif self.mode == "letterbox":
-            scale = s / max(h, w)
-            x = resize_like_pil(x, round(h * scale), round(w * scale))
-            x = _pad_to(x, s, s, self.fill)
-        elif self.mode == "pad_square":
-            side = max(h, w)
-            x = resize_like_pil(_pad_to(x, side, side, self.fill), s, s)
-        else:
-            x = resize_like_pil(x, s, s)
+        x = self.resize(images)
         mean = torch.tensor(self.mean, device=x.device).view(1, 3, 1, 1) * 255.0
         std = torch.tensor(self.std, device=x.device).view(1, 3, 1, 1) * 255.0
         return (x - mean) / std
+
+    def resize(self, images: torch.Tensor) -> torch.Tensor:
+        """The geometric part: uint8 [B, 3, H, W] -> float [B, 3, size, size] in grey levels 0..255."""
+        x = images.float()
+        h, w = x.shape[-2:]
+        s = self.size
+        resize = resize_like_pil if self.kernel == "pil" else resize_like_tensor
+        if self.mode == "crop":
+            # torchvision's Resize(int) and transformers' shortest_edge: the short side becomes s, the
+            # long side is truncated.
+            nh, nw = (s, int(s * w / h)) if h <= w else (int(s * h / w), s)
+            x = resize(x, nh, nw)
+            top, left = self.centre_crop_offset(nh - s), self.centre_crop_offset(nw - s)
+            x = x[:, :, top : top + s, left : left + s]
+        elif self.mode == "letterbox":
+            scale = s / max(h, w)
+            x = resize(x, round(h * scale), round(w * scale))
+            x = _pad_to(x, s, s, self.fill)
+        elif self.mode == "pad_square":
+            side = max(h, w)
+            x = resize(_pad_to(x, side, side, self.fill), s, s)
+        else:
+            x = resize(x, s, s)
+        return x
+
+    def centre_crop_offset(self, margin: int) -> int:
+        """Top (or left) offset of a centre crop that leaves ``margin`` pixels."""
+        if self.crop_offset == "transformers":
+            return margin // 2  # transformers.image_transforms.center_crop
+        return int(round(margin / 2.0))  # torchvision.transforms.functional.center_crop
 
     @classmethod
     def from_hf_processor(cls, config: Mapping[str, Any], mode: str = "crop") -> ImagePreprocess:
@@ -128,6 +240,7 @@ class ImagePreprocess:
             mean=tuple(config.get("image_mean", CLIP_MEAN)),
             std=tuple(config.get("image_std", CLIP_STD)),
             mode=mode,
+            crop_offset="transformers",
         )
 
 
@@ -153,6 +266,8 @@ class Scorer(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.dtype = torch.float32
+        # What the loader dropped from the checkpoint and why (None: built in memory, not loaded).
+        self.load_report: LoadReport | None = None
 
     def cast(self, device: torch.device, dtype: torch.dtype) -> Scorer:
         self.to(device=device, dtype=dtype)
@@ -278,11 +393,15 @@ def load_hf_clip(reward: str, model_dir: str, processor_dir: str) -> HFClipScore
 
     from transformers import AutoTokenizer, CLIPModel
 
-    model = CLIPModel.from_pretrained(model_dir)
+    model, info = CLIPModel.from_pretrained(model_dir, output_loading_info=True)
+    report = LoadReport(str(model_dir))
+    hf_loading_report(reward, model_dir, info, report)
     tokenizer = AutoTokenizer.from_pretrained(processor_dir)
     check_vocab(reward, len(tokenizer), model.config.text_config.vocab_size, processor_dir)
     config = json.loads((Path(processor_dir) / "preprocessor_config.json").read_text())
-    return HFClipScorer(model, tokenizer, ImagePreprocess.from_hf_processor(config))
+    scorer = HFClipScorer(model, tokenizer, ImagePreprocess.from_hf_processor(config))
+    scorer.load_report = report
+    return scorer
 
 
 def check_vocab(reward: str, tokenizer_size: int, model_vocab: int, source: str) -> None:
@@ -305,6 +424,8 @@ __all__ = [
     "cosine",
     "embedding",
     "load_hf_clip",
+    "pil_resize_weights",
     "resize_like_pil",
+    "resize_like_tensor",
     "resolve_dtype",
 ]

@@ -8,10 +8,11 @@ the HPSv2 fork's ViT-H-14 state dict matches open_clip 3's ``ViT-H-14`` key for 
 (``HPS_v2.1_compressed.pt``, weights under ``"state_dict"``) loads into stock open_clip with
 ``weights_only=True`` and strict key checking.
 
-Preprocessing follows ``hpsv2``'s validation transform, which is *not* open_clip's default: it calls
-``create_model_and_transforms(..., light_augmentation=True)``, giving ``ResizeMaxSize``: the longest
-side bicubic-resized to 224 and the image centred on a black 224 x 224 square (no cropping). Tokens:
-open_clip's CLIP tokenizer (bundled vocabulary), context 77.
+Preprocessing follows ``hpsv2``'s validation transform, which is *not* open_clip's default: its
+``image_transform(..., resize_longest_max=True)`` is ``ToTensor()`` then ``ResizeMaxSize``: the float
+image's longest side resized to 224 by torchvision's tensor ``F.resize`` (one bicubic, antialiased pass;
+no rounding to grey levels, no clamping, unlike PIL's bicubic) and centred on a black 224 x 224 square
+(no cropping). Tokens: open_clip's CLIP tokenizer (bundled vocabulary), context 77.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import torch
 from torch import nn
 
 from miro.rewards.base import register_reward
+from miro.rewards.checkpoints import DropRule, LoadReport, RewardCheckpointError, drop_keys, load_strict
 from miro.rewards.clip_common import ImagePreprocess, ModuleReward, Scorer, cosine
 from miro.rewards.weights import WeightFile
 
@@ -43,7 +45,27 @@ class HpsScorer(Scorer):
 
 
 def hps_preprocess(image_size: int) -> ImagePreprocess:
-    return ImagePreprocess(size=image_size, mode="letterbox", fill=(0, 0, 0))
+    """hpsv2's ``ResizeMaxSize`` on a ``ToTensor()`` image: a float resize (``kernel="tensor"``)."""
+    return ImagePreprocess(size=image_size, mode="letterbox", fill=(0, 0, 0), kernel="tensor")
+
+
+# Keys an open_clip checkpoint may carry that the model does not hold.
+OPEN_CLIP_DROPS = (DropRule(r"position_ids$", "position-id buffer of older transformers"),)
+
+
+def open_clip_state(checkpoint: Path, report: LoadReport) -> dict[str, torch.Tensor]:
+    """An open_clip training checkpoint's weights: ``["state_dict"]`` if present, ``module.`` removed.
+
+    hpsv2's training script saves ``{"epoch", "name", "state_dict", "optimizer"}`` with the model wrapped
+    in DistributedDataParallel; only ``state_dict`` is read, and the DDP prefix is a rename, not a drop.
+    """
+    obj = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    state = obj.get("state_dict", obj) if isinstance(obj, dict) else obj
+    if not isinstance(state, dict):
+        raise RewardCheckpointError(f"hps: checkpoint {checkpoint} holds no state dict")
+    if state and all(k.startswith("module.") for k in state):
+        state = {k.removeprefix("module."): v for k, v in state.items()}
+    return drop_keys(state, OPEN_CLIP_DROPS, report)
 
 
 def load_hps_scorer(arch: str, checkpoint: Path) -> HpsScorer:
@@ -51,13 +73,17 @@ def load_hps_scorer(arch: str, checkpoint: Path) -> HpsScorer:
     import open_clip
 
     model = open_clip.create_model(arch, pretrained=None)
-    open_clip.load_checkpoint(model, str(checkpoint), strict=True, weights_only=True)
+    report = LoadReport(str(checkpoint))
+    load_strict(model, open_clip_state(checkpoint, report), reward="hps", file=checkpoint)
+    report.log("hps")
     size = model.visual.image_size
-    return HpsScorer(
+    scorer = HpsScorer(
         model,
         open_clip.get_tokenizer(arch),
         hps_preprocess(int(size[0] if isinstance(size, tuple) else size)),
     )
+    scorer.load_report = report
+    return scorer
 
 
 @register_reward
@@ -86,4 +112,4 @@ class HpsReward(ModuleReward):
         super().__init__(scorer, device, batch_size, dtype)
 
 
-__all__ = ["HpsReward", "HpsScorer", "hps_preprocess", "load_hps_scorer"]
+__all__ = ["HpsReward", "HpsScorer", "hps_preprocess", "load_hps_scorer", "open_clip_state"]

@@ -30,6 +30,7 @@ from torch import nn
 
 from miro.rewards.aesthetic import AestheticHead
 from miro.rewards.base import register_reward
+from miro.rewards.checkpoints import DropRule, LoadReport, drop_keys, load_strict, unexpected
 from miro.rewards.clip_common import ImagePreprocess, ModuleReward, Scorer, check_vocab
 from miro.rewards.weights import WeightFile
 
@@ -64,35 +65,41 @@ _VISION_RULES = (
     (r"norm\.", "post_layernorm."),
 )
 _PREFIXES = {"blip.visual_encoder.": "vision", "blip.text_encoder.": "text", "mlp.": "head"}
-# Parts of ImageReward.pt the score never uses (BLIP's contrastive projections) and buffers.
-_UNUSED = re.compile(r"^blip\.(vision_proj|text_proj)\.|position_ids$")
+# Parts of ImageReward.pt the score never uses, each with the reason it is dropped.
+IMAGEREWARD_DROPS = (
+    DropRule(r"^blip\.(vision_proj|text_proj)\.", "BLIP's contrastive projection, unused by the score"),
+    DropRule(r"position_ids$", "position-id buffer, recomputed by the model"),
+)
 
 
-def _vision_key(key: str) -> str:
+def _vision_key(key: str) -> str | None:
     for pattern, replacement in _VISION_RULES:
         if re.match(pattern, key):
             return re.sub(pattern, replacement, key, count=1)
-    raise KeyError(f"ImageReward checkpoint: unexpected vision key blip.visual_encoder.{key}")
+    return None
 
 
-def map_imagereward_state_dict(state: Mapping[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
+def map_imagereward_state_dict(
+    state: Mapping[str, torch.Tensor], report: LoadReport | None = None, file: str | Path = "ImageReward.pt"
+) -> dict[str, dict[str, torch.Tensor]]:
     """ImageReward.pt -> ``{"vision": BlipVisionModel, "text": BlipTextModel, "head": AestheticHead}`` dicts.
 
-    Keys of no use to the score are dropped (logged); any other unknown key is an error.
+    Keys that :data:`IMAGEREWARD_DROPS` explains go into ``report``; any other unknown key is a one-line
+    :class:`RewardCheckpointError` naming ``file`` and the key.
     """
+    report = report if report is not None else LoadReport(str(file))
     parts: dict[str, dict[str, torch.Tensor]] = {"vision": {}, "text": {}, "head": {}}
-    ignored = []
-    for key, value in state.items():
-        if _UNUSED.search(key):
-            ignored.append(key)
-            continue
+    for key, value in drop_keys(state, IMAGEREWARD_DROPS, report).items():
         prefix = next((p for p in _PREFIXES if key.startswith(p)), None)
         if prefix is None:
-            raise KeyError(f"ImageReward checkpoint: unexpected key {key}")
+            raise unexpected("imagereward", file, key)
         part, rest = _PREFIXES[prefix], key[len(prefix) :]
-        parts[part][_vision_key(rest) if part == "vision" else rest] = value
-    if ignored:
-        log.debug("ImageReward checkpoint: %d unused keys (%s, ...)", len(ignored), ignored[0])
+        if part == "vision":
+            mapped = _vision_key(rest)
+            if mapped is None:
+                raise unexpected("imagereward", file, key)
+            rest = mapped
+        parts[part][rest] = value
     return parts
 
 
@@ -180,13 +187,20 @@ def load_imagereward_scorer(
     text_config = text_config_from_med(med, vision_config.hidden_size)
     tokenizer = blip_tokenizer(vocab_file)
     check_vocab("imagereward", len(tokenizer), text_config.vocab_size, str(vocab_file))
-    parts = map_imagereward_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=True))
+    report = LoadReport(str(checkpoint))
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    parts = map_imagereward_state_dict(state, report, checkpoint)
     vision, text = BlipVisionModel(vision_config), BlipTextModel(text_config, add_pooling_layer=False)
     head = AestheticHead(text_config.hidden_size)
     for module, part in ((vision, "vision"), (text, "text"), (head, "head")):
-        module.load_state_dict(parts[part], strict=True)
+        # The message names our key for the vision part (its file name is mapped); text/head keep theirs.
+        prefix = {"text": "blip.text_encoder.", "head": "mlp.", "vision": "(mapped vision) "}[part]
+        load_strict(module, parts[part], reward="imagereward", file=checkpoint, part=prefix)
+    report.log("imagereward")
     preprocess = ImagePreprocess(size=vision_config.image_size)
-    return ImageRewardScorer(vision, text, head, tokenizer, preprocess)
+    scorer = ImageRewardScorer(vision, text, head, tokenizer, preprocess)
+    scorer.load_report = report
+    return scorer
 
 
 @register_reward

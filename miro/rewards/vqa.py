@@ -18,8 +18,11 @@ Why not ``t2v_metrics``: 3.0 pins ``torch==2.5.1`` and ``transformers==4.49`` an
 this stack. The model is standard parts: transformers' ``CLIPVisionModel`` and
 ``T5ForConditionalGeneration`` plus an MLP, loaded from the checkpoint by :func:`split_clip_t5_state`
 (key layout of ``CLIPT5ForConditionalGeneration``: T5 keys at the top level, ``mm_projector.*``, and
-optionally ``vision_tower.vision_tower.*``, which then overrides the pretrained CLIP tower as it does in
-the original). T5 is built on the meta device and filled shard by shard in the target dtype, so the
+optionally ``vision_tower.vision_tower.vision_model.*``, transformers 4's naming, which then overrides the
+pretrained CLIP tower as it does in the original; :func:`vision_state` maps it to transformers 5's
+``CLIPVisionModel``, which has no ``vision_model.`` level). Tied aliases and stale buffers are dropped
+and reported (:mod:`miro.rewards.checkpoints`); any other extra or missing key is a one-line error.
+T5 is built on the meta device and filled shard by shard in the target dtype, so the
 11B XXL model never exists in float32. ``.bin`` shards load with ``weights_only=True``.
 
 The model size is an option: ``xxl`` (MIRO's choice) or ``xl``.
@@ -39,6 +42,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from miro.rewards.base import register_reward
+from miro.rewards.checkpoints import (
+    DropRule,
+    LoadReport,
+    RewardCheckpointError,
+    hf_loading_report,
+    load_strict,
+    unexpected,
+)
 from miro.rewards.clip_common import ImagePreprocess, ModuleReward, Scorer, check_vocab, resolve_dtype
 from miro.rewards.weights import WeightFile
 
@@ -190,22 +201,50 @@ def iter_checkpoint(folder: Path, dtype: torch.dtype) -> Iterator[tuple[str, tor
                 yield key, value.to(dtype)
 
 
-def split_clip_t5_state(items: Iterator[tuple[str, torch.Tensor]]) -> dict[str, dict[str, torch.Tensor]]:
+# Keys of a CLIPT5ForConditionalGeneration checkpoint that hold nothing the scorer needs.
+CLIP_T5_DROPS = (
+    DropRule(r"^embed_tokens\.", "alias of T5's shared embedding (tied)"),
+    DropRule(r"^(encoder|decoder)\.embed_tokens\.", "alias of T5's shared embedding (tied)"),
+    DropRule(r"^vision_tower\.vision_tower\..*position_ids$", "position-id buffer of older transformers"),
+)
+VISION_PREFIX = "vision_tower.vision_tower."
+
+
+def split_clip_t5_state(
+    items: Iterator[tuple[str, torch.Tensor]], report: LoadReport | None = None
+) -> dict[str, dict[str, torch.Tensor]]:
     """``CLIPT5ForConditionalGeneration`` keys -> ``{"t5": ..., "projector": ..., "vision": ...}``.
 
-    The top-level ``embed_tokens`` is an alias of T5's ``shared`` embedding and is dropped.
+    Keys that :data:`CLIP_T5_DROPS` explains (tied aliases, stale buffers) are dropped into ``report``.
+    Vision keys keep the name they have under ``vision_tower.vision_tower.`` (the original's
+    ``CLIPVisionModel``, so ``vision_model.*``); :func:`vision_state` fits them to the model at hand.
     """
+    report = report if report is not None else LoadReport("?")
     parts: dict[str, dict[str, torch.Tensor]] = {"t5": {}, "projector": {}, "vision": {}}
     for key, value in items:
-        if key.startswith("mm_projector."):
+        rule = next((r for r in CLIP_T5_DROPS if r.matches(key)), None)
+        if rule is not None:
+            report.drop(key, rule.reason)
+        elif key.startswith("mm_projector."):
             parts["projector"][key.removeprefix("mm_projector.")] = value
-        elif key.startswith("vision_tower.vision_tower."):
-            parts["vision"][key.removeprefix("vision_tower.vision_tower.")] = value
-        elif key.startswith("embed_tokens."):
-            continue
+        elif key.startswith(VISION_PREFIX):
+            parts["vision"][key.removeprefix(VISION_PREFIX)] = value
         else:
             parts["t5"][key] = value
     return parts
+
+
+def vision_state(state: Mapping[str, torch.Tensor], vision: nn.Module) -> dict[str, torch.Tensor]:
+    """Checkpoint vision-tower keys in the naming of ``vision``'s own state dict.
+
+    The original stores a transformers-4 ``CLIPVisionModel``, whose weights sit under ``vision_model.``;
+    transformers 5's ``CLIPVisionModel`` has no such level. The prefix is removed only when the model's
+    keys lack it, so a checkpoint in either naming loads into either version.
+    """
+    own = vision.state_dict()
+    if any(k.startswith("vision_model.") for k in own):
+        return dict(state)
+    return {k.removeprefix("vision_model."): v for k, v in state.items()}
 
 
 def load_clip_t5_scorer(
@@ -217,24 +256,30 @@ def load_clip_t5_scorer(
     t5_config = T5Config(**{k: config[k] for k in _T5_FIELDS if k in config})
     with torch.device("meta"):
         t5 = T5ForConditionalGeneration(t5_config)
-    vision = CLIPVisionModel.from_pretrained(str(vision_dir)).to(dtype)
+    vision, vision_info = CLIPVisionModel.from_pretrained(str(vision_dir), output_loading_info=True)
+    hf_loading_report("vqa", vision_dir, vision_info, LoadReport(str(vision_dir)))
+    vision = vision.to(dtype)
     projector = build_projector(
         config.get("mm_projector_type", "mlp2x_gelu"), config["mm_hidden_size"], t5_config.d_model
     )
-    parts = split_clip_t5_state(iter_checkpoint(model_dir, dtype))
-    t5.load_state_dict(parts["t5"], strict=False, assign=True)
+    report = LoadReport(str(model_dir))
+    parts = split_clip_t5_state(iter_checkpoint(model_dir, dtype), report)
+    result = t5.load_state_dict(parts["t5"], strict=False, assign=True)
+    if result.unexpected_keys:
+        raise unexpected("vqa", model_dir, result.unexpected_keys[0], len(result.unexpected_keys))
     t5.set_input_embeddings(t5.shared)  # the encoder/decoder embeddings are T5's shared table
     missing = [name for name, p in [*t5.named_parameters(), *t5.named_buffers()] if p.is_meta]
     if missing:
-        raise KeyError(
-            f"vqa: checkpoint {model_dir} lacks T5 weights {missing[:5]}{' ...' if len(missing) > 5 else ''}"
-        )
-    projector.load_state_dict(parts["projector"], strict=True)
+        more = f" ({len(missing)} missing in all)" if len(missing) > 1 else ""
+        raise RewardCheckpointError(f"vqa: checkpoint {model_dir}: missing key {missing[0]!r}{more}")
+    load_strict(projector, parts["projector"], reward="vqa", file=model_dir, part="mm_projector.")
     projector.to(dtype)
     if parts["vision"]:
-        result = vision.load_state_dict(parts["vision"], strict=False)
-        if result.unexpected_keys:
-            raise KeyError(f"vqa: unexpected vision tower keys {result.unexpected_keys[:5]} in {model_dir}")
+        # The checkpoint's tower overrides the pretrained one, as in the original.
+        load_strict(
+            vision, vision_state(parts["vision"], vision), reward="vqa", file=model_dir, part=VISION_PREFIX
+        )
+    report.log("vqa")
     tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
     check_vocab("vqa", len(tokenizer), t5_config.vocab_size, str(tokenizer_dir))
     processor = json.loads((vision_dir / "preprocessor_config.json").read_text())
@@ -246,8 +291,9 @@ def load_clip_t5_scorer(
         std=preprocess.std,
         mode="pad_square",
         fill=tuple(int(m * 255) for m in preprocess.mean),
+        crop_offset=preprocess.crop_offset,
     )
-    return ClipT5Scorer(
+    scorer = ClipT5Scorer(
         vision,
         projector,
         t5,
@@ -256,6 +302,8 @@ def load_clip_t5_scorer(
         select_layer=config.get("mm_vision_select_layer", -2),
         select_feature=config.get("mm_vision_select_feature", "patch"),
     )
+    scorer.load_report = report
+    return scorer
 
 
 @register_reward
@@ -309,4 +357,5 @@ __all__ = [
     "iter_checkpoint",
     "load_clip_t5_scorer",
     "split_clip_t5_state",
+    "vision_state",
 ]

@@ -112,6 +112,9 @@ def map_shard(
         report.truncated = str(err)
         log.error("%s (reported in %s; no output written, a rerun redoes it)", err, report_path)
         write_bytes_atomic(report_path, report.to_bytes())
+        # An output from an earlier, complete version of this input no longer matches it: whoever reads
+        # the output directory (training, fit-bins) must not take it for this input's.
+        Path(output_path).unlink(missing_ok=True)
 
 
 def _map_into(

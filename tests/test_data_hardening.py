@@ -338,3 +338,174 @@ def test_duplicate_keys_and_unsafe_names_are_reported_and_never_written(tmp_path
     exts = ("jpg", "rewards.json", "txt")
     assert names == [f"{k}.{e}" for k in ("000000", "000001", "000003") for e in exts]
     assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == ["00000.tar", "00000.tar", "r.json"]
+
+
+# --------------------------------------------------------------------------------------------------
+# Item 7: the data stages' bad inputs end with one line and exit code 2, nothing half-written
+
+
+def run_stage_in_process(stage_name: str, argv: list[str], capsys) -> str:
+    """Run a data stage's entry point in this process; returns its one error line (exit code 2)."""
+    import importlib
+
+    from data_prep import run_stage
+
+    module = importlib.import_module(f"data_prep.{stage_name}")
+    config = {"score_shards": "score", "fit_bins": "fit_bins", "cache_latents": "cache_latents"}[stage_name]
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        run_stage(config, module.stage, argv)
+    assert exit_info.value.code == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert err and err[-1].startswith("error: ") and "Traceback" not in "\n".join(err)
+    return err[-1]
+
+
+@pytest.fixture()
+def scored_dir(tmp_path) -> Path:
+    write_shard(tmp_path / "in" / "00000.tar", [sample(i) for i in range(6)])
+    score_shards(str(tmp_path / "in"), tmp_path / "scored", {"redness": Redness()})
+    return tmp_path / "scored"
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("n_bins=0", "n_bins must be between 1 and 4096, got 0"),
+        ("n_bins=1e9", "n_bins must be between 1 and 4096, got 1000000000"),
+        ("n_bins=abc", "n_bins must be an integer, got 'abc'"),
+        ("max_samples=0", "max_samples must be >= 1, got 0"),
+        ("seed=-1", "seed must be >= 0, got -1"),
+        ("input=/nonexistent/*.tar", "no shard matches '/nonexistent/*.tar'"),
+        ("reward_names=[nope]", "no scores for reward(s) ['nope'] in the shards; found ['redness']"),
+    ],
+)
+def test_fit_bins_bad_requests(scored_dir, tmp_path, capsys, override, message):
+    args = {"input": f"input={scored_dir}", "out": f"out={tmp_path / 'bins.json'}"}
+    args[override.split("=")[0]] = override
+    assert run_stage_in_process("fit_bins", list(args.values()), capsys) == f"error: {message}"
+    assert not (tmp_path / "bins.json").exists() and not list(tmp_path.glob("*.tmp"))
+
+
+def test_fit_bins_out_a_directory_and_a_malformed_annotation(scored_dir, tmp_path, capsys):
+    (tmp_path / "bins").mkdir()
+    line = run_stage_in_process("fit_bins", [f"input={scored_dir}", f"out={tmp_path / 'bins'}"], capsys)
+    assert line == f"error: out={tmp_path / 'bins'} is a directory; name the bins file, e.g. " \
+                   f"out={tmp_path / 'bins' / 'bins.json'}"
+    assert not list(tmp_path.rglob("*.tmp")) and not list((tmp_path / "bins").iterdir())
+    bad = [{"__key__": "000000", "txt": b"x", "rewards.json": b'{"scores": {"r": [1, 2]}}'}]
+    write_shard(tmp_path / "bad" / "00000.tar", bad)
+    argv = [f"input={tmp_path / 'bad'}", f"out={tmp_path / 'b.json'}"]
+    line = run_stage_in_process("fit_bins", argv, capsys)
+    assert line.startswith(f"error: {tmp_path / 'bad' / '00000.tar'}: sample 000000: malformed rewards.json")
+
+
+def test_write_bytes_atomic_leaves_no_tmp_when_the_rename_fails(tmp_path, monkeypatch):
+    import os
+
+    from miro.data.shards import ShardInputError, write_bytes_atomic
+
+    def failing_replace(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", failing_replace)
+    with pytest.raises(OSError, match="disk full"):
+        write_bytes_atomic(tmp_path / "bins.json", b"{}")
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.undo()
+    with pytest.raises(ShardInputError, match="is a directory"):
+        write_bytes_atomic(tmp_path, b"{}")
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("batch_size=0", "batch_size must be between 1 and 65536, got 0"),
+        ("batch_size=1e9", "batch_size must be between 1 and 65536, got 1000000000"),
+        ("image_limits.max_side=0", "image_limits.max_side must be a positive integer, got 0"),
+        ("decode_size=-1", "decode_size must be between 1 and 65536, got -1"),
+        ("reward_failures.max_fraction=2", "reward_failures needs 0 <= max_fraction <= 1"),
+        ("input=/nonexistent/*.tar", "no shard matches '/nonexistent/*.tar'"),
+    ],
+)
+def test_score_shards_bad_requests(tmp_path, capsys, override, message):
+    write_shard(tmp_path / "in" / "00000.tar", [sample(0)])
+    args = {"input": f"input={tmp_path / 'in'}", "output": f"output={tmp_path / 'out'}",
+            "rewards": "rewards=[compressibility]", "progress": "progress=false"}
+    args[override.split("=")[0]] = override
+    assert run_stage_in_process("score_shards", list(args.values()), capsys).startswith(f"error: {message}")
+    assert not (tmp_path / "out").exists()
+
+
+def test_cache_latents_checks_its_options_before_loading_encoders(tmp_path, capsys):
+    args = [f"input={tmp_path}", f"output={tmp_path / 'out'}", "progress=false"]
+    # the default encoders (FLAN-T5-XL, SDXL-VAE) are not here: reaching them would be another error
+    assert run_stage_in_process("cache_latents", [*args, "image_size=0"], capsys) == \
+        "error: image_size must be between 1 and 8192, got 0"
+    assert run_stage_in_process("cache_latents", [*args, "image_limits.max_pixels=x"], capsys) == \
+        "error: image_limits.max_pixels must be a positive integer, got 'x'"
+
+
+def tampered_bins(tmp_path: Path, edit) -> Path:
+    from miro.data.bins import RewardBins
+
+    data = RewardBins.fit({"r": np.arange(10.0)}, n_bins=4).to_json()
+    edit(data)
+    path = tmp_path / "bins.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda d: d["rewards"]["r"].update(edges=[3.0, float("nan"), 8.0]), "edges must be finite"),
+        (lambda d: d["rewards"]["r"].update(edges=[3.0, 3.0, 8.0]), "strictly increasing"),
+        (lambda d: d["rewards"]["r"].update(edges="3,5,8"), "edges must be a list of numbers"),
+        (lambda d: d["rewards"]["r"].update(counts=[3, 2, -1, 5]), "counts must be a list of non-negative"),
+        (lambda d: d["rewards"]["r"].update(counts=[3, 2]), "2 counts for 4 levels"),
+        (lambda d: d["rewards"]["r"].update(n_levels=9), "n_levels 9 but 4 levels"),
+        (lambda d: d["rewards"]["r"].update(min=5.0, max=1.0), "min 5.0 is above max 1.0"),
+        (lambda d: d["rewards"]["r"].update(min="low"), "min must be a finite number or null"),
+        (lambda d: d["rewards"].update(r=[1, 2]), "reward 'r': expected an object, got list"),
+        (lambda d: d.update(rewards=[1]), "rewards must be an object"),
+        (lambda d: d.update(n_bins=0), "n_bins must be an integer from 1 to 4096, got 0"),
+        (lambda d: d.update(n_bins=2), "reward 'r' has 4 levels, more than n_bins 2"),
+        (lambda d: d.update(n_records=-3), "n_records must be a non-negative integer"),
+        (lambda d: d.update(format="miro.bins/0"), "not a MIRO bins file"),
+    ],
+)
+def test_a_tampered_bins_file_does_not_load(tmp_path, edit, message):
+    from miro.data.bins import BinsFileError, RewardBins
+    from miro.usage import usage_error
+
+    with pytest.raises(BinsFileError, match=message) as err:
+        RewardBins.load(tampered_bins(tmp_path, edit))
+    assert str(tmp_path / "bins.json") in str(err.value) and usage_error(err.value) is err.value
+
+
+def test_bins_file_that_is_not_json_or_too_deep(tmp_path):
+    from miro.data.bins import BinsFileError, RewardBins
+
+    (tmp_path / "b.json").write_text("[" * 100000)
+    with pytest.raises(BinsFileError, match="not valid JSON"):
+        RewardBins.load(tmp_path / "b.json")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--size", "100000"], "image size must be from 16 to 1024 px, got 100000"),
+        (["--n", "1000000000"], "n must be at most 100000000"),
+        (["--per-shard", "10000000"], "per_shard at most 1000000"),
+        (["--min-object-px", "nan"], "min_object_px must be from 0 to the image size, got nan"),
+        (["--workers", "0"], "--workers must be from 1 to 256, got 0"),
+    ],
+)
+def test_miro_data_shapes_refuses_absurd_sizes_and_counts(tmp_path, capsys, args, message):
+    from miro.cli.data import main
+
+    assert main(["shapes", "--out", str(tmp_path / "out"), *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"miro-data: {message}"] or (len(err) == 1 and message in err[0]), err
+    assert not (tmp_path / "out").exists()

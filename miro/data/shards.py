@@ -184,10 +184,16 @@ def file_fingerprint(path: str | Path) -> str:
 def write_bytes_atomic(path: str | Path, data: bytes) -> None:
     """Write a small file (a report, bins.json) via a temporary name and rename."""
     path = Path(path)
+    if path.is_dir():
+        raise ShardInputError(f"cannot write {path}: it is a directory; name a file")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    except BaseException:  # nothing half-written stays behind, whatever stopped the write
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def encode_jpeg(image, quality: int = 95) -> bytes:

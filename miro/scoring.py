@@ -10,9 +10,15 @@ Guarantees the rest of the pipeline builds on:
 
 * **Restartable.** Output shards and their reports appear atomically (temporary name, rename) and a
   shard is finished when both exist, so a run killed at any moment and started again skips finished
-  shards, redoes the one in flight and ends with exactly the bytes of an uninterrupted run.
-* **Bad samples are reported, not fatal.** A sample whose image does not decode, or without a caption,
-  is left out of the output and listed (key, reason) in the shard's report, ``REPORTS/NAME.json``.
+  shards, redoes the one in flight and ends with exactly the bytes of an uninterrupted run. A finished
+  shard is one made from the input as it is now *with the settings asked now* (rewards and versions,
+  image limits, decode size: ``settings`` in its report); ``recompute=True`` redoes every shard.
+* **Bad samples are reported, not fatal.** A sample whose image does not decode or claims more pixels
+  than ``image_limits`` (checked from the header, never decoded), without a caption, with a duplicate
+  key or an unsafe member name, or that a reward raises on (a failed batch is retried one sample at a
+  time), is left out of the output and listed (key, reason) in the shard's report,
+  ``REPORTS/NAME.json``. A reward failing on most of a shard is a bug and stops the run
+  (:class:`RewardFailureError`). A truncated input shard is reported and never marked finished.
 * **Merging.** A sample that already has ``rewards.json`` keeps its scores; only rewards it lacks, or
   scored with another version of the reward, are computed (a separate VQAScore pass adds ``vqa`` to
   shards scored before). ``recompute=True`` scores everything again.

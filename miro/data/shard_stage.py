@@ -6,7 +6,9 @@ of the same name out, with a per-shard report.
 * :func:`run_shards` gives each rank its share of the shards (shard i to rank i mod world) and skips
   the shards an earlier run finished (:func:`is_finished`: output and report exist, made from the
   input as it is now), so a killed run started again ends with the bytes of an uninterrupted one.
-* Reports (:class:`StageReport`) list every skipped sample with its key and reason.
+* Reports (:class:`StageReport`) list every skipped sample with its key and reason, the settings the
+  shard was made with (a finished shard made otherwise is redone) and, for an input that ends early,
+  why it is truncated (no output; the summary's :meth:`RunSummary.raise_if_truncated` ends the stage).
 
 Stages add their own report fields and summary counters by subclassing :class:`StageReport` and
 :class:`RunSummary`; their request errors subclass :class:`StageConfigError`.

@@ -23,6 +23,7 @@ from rich.progress import BarColumn, Progress, ProgressColumn, Task, TextColumn,
 from rich.text import Text
 
 from miro.config import compose_config
+from miro.data.image_limits import ImageLimits
 from miro.data.shard_stage import StageConfigError
 from miro.usage import usage_errors
 
@@ -57,6 +58,31 @@ def require(cfg: DictConfig, *keys: str) -> None:
     missing = [k for k in keys if OmegaConf.is_missing(cfg, k)]
     if missing:
         raise StageConfigError(f"missing required option(s): {' '.join(f'{k}=...' for k in missing)}")
+
+
+def int_option(cfg: DictConfig, key: str, low: int = 1, high: int | None = None, nullable: bool = False
+               ) -> int | None:
+    """An integer option in [low, high], or one line naming it (``n_bins=abc``, ``n_bins=1e9``)."""
+    value = OmegaConf.select(cfg, key)
+    if value is None and nullable:
+        return None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise StageConfigError(f"{key} must be an integer{' or null' if nullable else ''}, got {value!r}")
+    if value < low or (high is not None and value > high):
+        bound = f"between {low} and {high}" if high is not None else f">= {low}"
+        raise StageConfigError(f"{key} must be {bound}, got {value}")
+    return value
+
+
+def image_limits_option(cfg: DictConfig) -> ImageLimits:
+    """``image_limits`` of a stage config, or one line naming the bad key."""
+    raw = cfg.get("image_limits")
+    try:
+        return ImageLimits.from_config(OmegaConf.to_container(raw) if raw is not None else None)
+    except ValueError as err:
+        raise StageConfigError(str(err)) from None
 
 
 def run_stage(

@@ -41,7 +41,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch import nn
 
-from data_prep import require, run_stage, shard_progress
+from data_prep import image_limits_option, int_option, require, run_stage, shard_progress
+from miro.data.image_limits import ImageLimits
 from miro.data.samples import (
     LATENT_EXT,
     LATENT_STD_EXT,
@@ -71,6 +72,9 @@ from miro.models.vae import LatentVAE
 log = logging.getLogger(__name__)
 
 LATENT_MODES = ("mean", "mean_std", "sample")
+DEFAULT_LIMITS = ImageLimits()
+MAX_IMAGE_SIZE = 8192  # the side images are resized to; beyond it a VAE batch cannot fit anywhere
+MAX_BATCH_SIZE = 1 << 16
 CACHED_EXTS = (LATENT_EXT, LATENT_STD_EXT, TEXT_TOKENS_EXT, SYN_TEXT_TOKENS_EXT)
 
 
@@ -131,14 +135,14 @@ class _Item:
     syn_caption: str | None = None
 
 
-def _prepare(sample: dict[str, Any], image_size: int) -> _Item | str:
+def _prepare(sample: dict[str, Any], image_size: int, limits: ImageLimits | None) -> _Item | str:
     """A decoded sample, or the reason it cannot be cached."""
     key = sample["__key__"]
     ext = next((e for e in IMAGE_EXTS if e in sample), None)
     if ext is None:
         return f"no image ({'/'.join(IMAGE_EXTS)})"
     try:
-        image = decode_image(sample[ext], key, image_size)
+        image = decode_image(sample[ext], key, image_size, limits)
         caption = caption_of(sample, key)
         syn_caption = synthetic_caption_of(sample, key)
     except SampleDecodeError as err:
@@ -209,12 +213,15 @@ def cache_shard(
     keep_image: bool = True,
     seed: int = 0,
     on_samples: Callable[[int], None] | None = None,
+    limits: ImageLimits | None = DEFAULT_LIMITS,
 ) -> CacheReport:
-    """Cache one shard into ``output_path`` and write its report; returns the report."""
+    """Cache one shard into ``output_path`` and write its report; returns the report. ``limits``:
+    images whose header claims more are skipped, not decoded (None: no limit)."""
     check_settings(vae, image_size, latent, batch_size)
     device = next(vae.parameters()).device
     report = CacheReport(
-        shard=Path(output_path).name, input=str(input_path), latent=latent, image_size=image_size
+        shard=Path(output_path).name, input=str(input_path), latent=latent, image_size=image_size,
+        settings=cache_settings(vae, text_encoder, image_size, latent, keep_image, seed, limits),
     )
 
     def encode(items: list[_Item]) -> list[dict[str, Any] | str]:
@@ -235,11 +242,29 @@ def cache_shard(
         return outputs
 
     map_shard(
-        input_path, output_path, report_path, report, lambda s: _prepare(s, image_size), encode, batch_size,
-        on_samples,
+        input_path, output_path, report_path, report, lambda s: _prepare(s, image_size, limits), encode,
+        batch_size, on_samples,
     )
     log.info("%s: cached %d, skipped %d -> %s", input_path, report.n_cached, report.n_skipped, output_path)
     return report
+
+
+def cache_settings(
+    vae: LatentVAE, text_encoder: nn.Module, image_size: int, latent: str, keep_image: bool, seed: int,
+    limits: ImageLimits | None,
+) -> dict[str, Any]:
+    """The options that change a cached shard's bytes, recorded in its report (resume compares them).
+    The encoders are named by class and dtype: which checkpoint made the features is the training
+    run's to check (it checks the feature dimension)."""
+    return {
+        "latent": latent,
+        "image_size": int(image_size),
+        "keep_image": bool(keep_image),
+        "seed": int(seed) if latent == "sample" else None,
+        "vae": f"{type(vae).__name__}/{next(vae.parameters()).dtype}",
+        "text_encoder": type(text_encoder).__name__,
+        "image_limits": limits.to_json() if limits is not None else None,
+    }
 
 
 def check_settings(vae: LatentVAE, image_size: int, latent: str, batch_size: int) -> None:
@@ -274,8 +299,10 @@ def cache_shards(
     world_size: int = 1,
     on_samples: Callable[[int], None] | None = None,
     on_shard: Callable[[int, int, str], None] | None = None,
+    limits: ImageLimits | None = DEFAULT_LIMITS,
 ) -> CacheSummary:
-    """Cache this rank's share of ``inputs`` into ``output_dir``, skipping finished shards.
+    """Cache this rank's share of ``inputs`` into ``output_dir``, skipping finished shards (made with
+    the same settings, :func:`cache_settings`; ``recompute=True`` redoes all).
 
     ``on_samples(n)`` is called as samples are processed and ``on_shard(i, total, name)`` before each
     shard (for progress bars).
@@ -285,9 +312,10 @@ def cache_shards(
         inputs, output_dir, report_dir, rank, world_size,
         lambda path, out, report: cache_shard(
             path, out, report, vae, text_encoder, image_size, latent, batch_size, keep_image, seed,
-            on_samples=on_samples,
+            on_samples=on_samples, limits=limits,
         ),
         CacheReport.load, skip_finished=not recompute, done="cached", on_shard=on_shard,
+        settings=cache_settings(vae, text_encoder, image_size, latent, keep_image, seed, limits),
     )  # fmt: skip
     return CacheSummary(str(output_dir), str(reports_in), reports, resumed)
 
@@ -309,12 +337,22 @@ def build_encoders(cfg: DictConfig, device: str) -> tuple[LatentVAE, nn.Module]:
     return vae, text_encoder
 
 
-def _cache(cfg: DictConfig, vae: LatentVAE, text_encoder: nn.Module, rank: int, world: int) -> CacheSummary:
+def _options(cfg: DictConfig) -> dict[str, Any]:
+    """The validated options of the request, before the encoders are loaded."""
+    if cfg.latent not in LATENT_MODES:
+        raise CacheConfigError(f"latent must be one of {', '.join(LATENT_MODES)}, got {cfg.latent!r}")
+    return dict(
+        image_size=int_option(cfg, "image_size", 1, MAX_IMAGE_SIZE), latent=str(cfg.latent),
+        batch_size=int_option(cfg, "batch_size", 1, MAX_BATCH_SIZE), keep_image=bool(cfg.keep_image),
+        seed=int_option(cfg, "seed", 0), limits=image_limits_option(cfg),
+    )
+
+
+def _cache(cfg: DictConfig, vae: LatentVAE, text_encoder: nn.Module, rank: int, world: int,
+           options: dict[str, Any]) -> CacheSummary:
     kwargs: dict[str, Any] = dict(
         inputs=cfg.input, output_dir=cfg.output, vae=vae, text_encoder=text_encoder,
-        image_size=int(cfg.image_size), latent=str(cfg.latent), batch_size=int(cfg.batch_size),
-        keep_image=bool(cfg.keep_image), seed=int(cfg.seed), report_dir=cfg.report_dir,
-        recompute=bool(cfg.recompute), rank=rank, world_size=world,
+        report_dir=cfg.report_dir, recompute=bool(cfg.recompute), rank=rank, world_size=world, **options,
     )
     with shard_progress("caching", bool(cfg.progress) and rank == 0) as callbacks:
         return cache_shards(**kwargs, **callbacks)
@@ -322,17 +360,18 @@ def _cache(cfg: DictConfig, vae: LatentVAE, text_encoder: nn.Module, rank: int, 
 
 def stage(cfg: DictConfig) -> None:
     require(cfg, "input", "output")
-    if cfg.latent not in LATENT_MODES:  # before loading multi-GB encoders
-        raise CacheConfigError(f"latent must be one of {', '.join(LATENT_MODES)}, got {cfg.latent!r}")
+    options = _options(cfg)  # before loading multi-GB encoders
     rank, world = dist_rank_world()
     vae, text_encoder = build_encoders(cfg, device_for_rank(cfg.device))
-    summary = _cache(cfg, vae, text_encoder, rank, world)
+    summary = _cache(cfg, vae, text_encoder, rank, world, options)
     who = f"rank {rank}/{world}: " if world > 1 else ""
+    truncated = f", {len(summary.truncated)} truncated" if summary.truncated else ""
     print(
         f"{who}cached {summary.n_cached} samples ({cfg.latent} latents), skipped {summary.n_skipped} "
-        f"({len(summary.reports)} shards, {summary.n_resumed} already done) -> {summary.output_dir} "
-        f"(reports: {summary.report_dir})"
+        f"({len(summary.reports)} shards, {summary.n_resumed} already done{truncated}) -> "
+        f"{summary.output_dir} (reports: {summary.report_dir})"
     )
+    summary.raise_if_truncated()
 
 
 def main() -> None:

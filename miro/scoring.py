@@ -10,9 +10,15 @@ Guarantees the rest of the pipeline builds on:
 
 * **Restartable.** Output shards and their reports appear atomically (temporary name, rename) and a
   shard is finished when both exist, so a run killed at any moment and started again skips finished
-  shards, redoes the one in flight and ends with exactly the bytes of an uninterrupted run.
-* **Bad samples are reported, not fatal.** A sample whose image does not decode, or without a caption,
-  is left out of the output and listed (key, reason) in the shard's report, ``REPORTS/NAME.json``.
+  shards, redoes the one in flight and ends with exactly the bytes of an uninterrupted run. A finished
+  shard is one made from the input as it is now *with the settings asked now* (rewards and versions,
+  image limits, decode size: ``settings`` in its report); ``recompute=True`` redoes every shard.
+* **Bad samples are reported, not fatal.** A sample whose image does not decode or claims more pixels
+  than ``image_limits`` (checked from the header, never decoded), without a caption, with a duplicate
+  key or an unsafe member name, or that a reward raises on (a failed batch is retried one sample at a
+  time), is left out of the output and listed (key, reason) in the shard's report,
+  ``REPORTS/NAME.json``. A reward failing on most of a shard is a bug and stops the run
+  (:class:`RewardFailureError`). A truncated input shard is reported and never marked finished.
 * **Merging.** A sample that already has ``rewards.json`` keeps its scores; only rewards it lacks, or
   scored with another version of the reward, are computed (a separate VQAScore pass adds ``vqa`` to
   shards scored before). ``recompute=True`` scores everything again.
@@ -26,11 +32,11 @@ Rewards are named: scores are stored under the name a reward has in the Hydra gr
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import math
 import tarfile
+import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,10 +45,18 @@ from typing import Any
 import numpy as np
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
-from PIL import Image
 
+from miro.data.image_limits import ImageLimits, ImageTooLargeError, open_rgb
 from miro.data.shard_stage import RunSummary, StageConfigError, StageReport, map_shard, run_shards
-from miro.data.shards import IMAGE_EXTS, ShardInputError, expand_shards, split_key
+from miro.data.shards import (
+    IMAGE_EXTS,
+    ShardInputError,
+    TruncatedShardError,
+    archive_end_is_clean,
+    expand_shards,
+    split_key,
+    unsafe_member_name,
+)
 from miro.rewards.base import RewardModel, build_reward, resolve_name
 
 log = logging.getLogger(__name__)
@@ -53,6 +67,28 @@ REWARDS_EXT = "rewards.json"
 class ScoringConfigError(StageConfigError):
     """A scoring or fitting request that cannot work (no rewards, bad reward config, scores that
     cannot be fitted); the message says what to change."""
+
+
+class RewardFailureError(ScoringConfigError):
+    """A reward that raised on most of a shard's samples: a bug in the reward or its config, not bad
+    data, so the stage stops (one bad sample is skipped and reported instead)."""
+
+
+@dataclass(frozen=True)
+class RewardFailurePolicy:
+    """When per-sample reward failures stop the run: a reward that failed on more than
+    ``max_fraction`` of the samples it was given in one shard, once it was given ``min_samples``
+    (checked after every batch, so a broken reward stops early). ``conf/score.yaml: reward_failures``."""
+
+    max_fraction: float = 0.5
+    min_samples: int = 16
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.max_fraction <= 1.0 or self.min_samples < 1:
+            raise ScoringConfigError(
+                f"reward_failures needs 0 <= max_fraction <= 1 and min_samples >= 1, got "
+                f"max_fraction={self.max_fraction} min_samples={self.min_samples}"
+            )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -71,10 +107,15 @@ def decode_rewards(data: bytes, key: str = "?") -> tuple[dict[str, float | None]
     try:
         obj = json.loads(data)
         scores = {str(k): (None if v is None else float(v)) for k, v in obj["scores"].items()}
+        scores = {k: (v if v is None or math.isfinite(v) else None) for k, v in scores.items()}
         versions = {str(k): str(v) for k, v in obj.get("versions", {}).items()}
-    except (ValueError, KeyError, TypeError, AttributeError) as err:
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as err:
         raise ValueError(f"sample {key}: malformed {REWARDS_EXT} ({err!r})") from None
     return scores, versions
+
+
+DEFAULT_LIMITS = ImageLimits()
+DEFAULT_FAILURES = RewardFailurePolicy()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -141,6 +182,7 @@ class ShardReport(StageReport):
     rewards: dict[str, str] = field(default_factory=dict)  # name -> version
     computed: dict[str, int] = field(default_factory=dict)  # name -> scores computed now
     reused: dict[str, int] = field(default_factory=dict)  # name -> scores kept from the input
+    failed: dict[str, int] = field(default_factory=dict)  # name -> samples it raised on (skipped)
 
 
 @dataclass
@@ -152,15 +194,17 @@ class _Item:
     versions: dict[str, str]
 
 
-def _prepare(sample: dict[str, Any]) -> _Item | str:
+def _prepare(sample: dict[str, Any], limits: ImageLimits | None = None, decode_size: int | None = None
+             ) -> _Item | str:
     """A decoded sample, or the reason it cannot be scored."""
     key = sample["__key__"]
     ext = next((e for e in IMAGE_EXTS if e in sample), None)
     if ext is None:
         return f"no image ({'/'.join(IMAGE_EXTS)})"
     try:
-        with Image.open(io.BytesIO(sample[ext])) as img:
-            arr = np.asarray(img.convert("RGB"))
+        arr = np.asarray(open_rgb(sample[ext], limits, decode_size))
+    except ImageTooLargeError as err:
+        return f"{ext}: {err}"
     except Exception as err:  # PIL raises many types for corrupt files
         return f"cannot decode {ext}: {type(err).__name__}: {err}"
     if "txt" not in sample:
@@ -182,26 +226,81 @@ def _prepare(sample: dict[str, Any]) -> _Item | str:
     return _Item(sample, image, caption, scores, versions)
 
 
+def _failure(name: str, err: Exception) -> str:
+    message = " ".join(str(err).split())
+    return f"reward {name!r} failed: {type(err).__name__}: {message[:300]}"
+
+
+def _score_group(reward: RewardModel, name: str, items: list[_Item], index: list[int]) -> list[float | str]:
+    """Scores of ``items[i]`` for ``i`` in ``index``, one batch; when the batch raises, each sample
+    alone, so only the sample(s) the reward fails on lose their score (as the reason)."""
+    try:
+        return reward.score(torch.stack([items[i].image for i in index]),
+                            [items[i].caption for i in index]).tolist()
+    except Exception as err:
+        if len(index) == 1:
+            return [_failure(name, err)]
+    out: list[float | str] = []
+    for i in index:
+        try:
+            out.append(float(reward.score(items[i].image[None], [items[i].caption])[0]))
+        except Exception as err:
+            out.append(_failure(name, err))
+    return out
+
+
 def _score_pending(
-    items: list[_Item], rewards: Mapping[str, RewardModel], recompute: bool, report: ShardReport
-) -> None:
-    """Fill in each item's missing (or stale) scores, one reward and one image size at a time."""
+    items: list[_Item], rewards: Mapping[str, RewardModel], recompute: bool, report: ShardReport,
+    policy: RewardFailurePolicy,
+) -> list[str | None]:
+    """Fill in each item's missing (or stale) scores, one reward and one image size at a time; per
+    item, None or why it is skipped (a reward raised on it). Stops with :class:`RewardFailureError`
+    when a reward fails on more of the shard than ``policy`` allows."""
+    failed: list[str | None] = [None] * len(items)
     for name, reward in rewards.items():
         todo = [
             i for i, it in enumerate(items)
-            if recompute or name not in it.scores or it.versions.get(name) != reward.version
+            if failed[i] is None
+            and (recompute or name not in it.scores or it.versions.get(name) != reward.version)
         ]
-        report.computed[name] = report.computed.get(name, 0) + len(todo)
         report.reused[name] = report.reused.get(name, 0) + len(items) - len(todo)
+        report.computed.setdefault(name, 0)
         by_size: dict[tuple[int, ...], list[int]] = {}
         for i in todo:
             by_size.setdefault(tuple(items[i].image.shape), []).append(i)
         for index in by_size.values():
-            batch = torch.stack([items[i].image for i in index])
-            values = reward.score(batch, [items[i].caption for i in index]).tolist()
-            for i, value in zip(index, values, strict=True):
+            for i, value in zip(index, _score_group(reward, name, items, index), strict=True):
+                if isinstance(value, str):
+                    failed[i] = value
+                    report.failed[name] = report.failed.get(name, 0) + 1
+                    continue
+                report.computed[name] += 1
                 items[i].scores[name] = value if math.isfinite(value) else None
                 items[i].versions[name] = reward.version
+            _check_failures(name, report, policy, next((f for f in failed if f), ""))
+    return failed
+
+
+def _check_failures(name: str, report: ShardReport, policy: RewardFailurePolicy, example: str) -> None:
+    n_failed = report.failed.get(name, 0)
+    asked = n_failed + report.computed.get(name, 0)
+    if asked >= policy.min_samples and n_failed > policy.max_fraction * asked:
+        raise RewardFailureError(
+            f"reward {name!r} failed on {n_failed} of {asked} samples of {report.input} ({example}); "
+            "failing on most samples is a bug in the reward or its config, not bad data "
+            f"(limit: reward_failures.max_fraction={policy.max_fraction})"
+        )
+
+
+def scoring_settings(
+    rewards: Mapping[str, RewardModel], limits: ImageLimits | None, decode_size: int | None
+) -> dict[str, Any]:
+    """The options that change a scored shard's bytes, recorded in its report (resume compares them)."""
+    return {
+        "rewards": {name: r.version for name, r in sorted(rewards.items())},
+        "image_limits": limits.to_json() if limits is not None else None,
+        "decode_size": decode_size,
+    }
 
 
 def score_shard(
@@ -212,22 +311,38 @@ def score_shard(
     batch_size: int = 256,
     recompute: bool = False,
     on_samples: Callable[[int], None] | None = None,
+    limits: ImageLimits | None = DEFAULT_LIMITS,
+    decode_size: int | None = None,
+    failures: RewardFailurePolicy = DEFAULT_FAILURES,
 ) -> ShardReport:
-    """Score one shard into ``output_path`` and write its report; returns the report."""
+    """Score one shard into ``output_path`` and write its report; returns the report.
+
+    ``limits``: images whose header claims more are skipped, not decoded (None: no limit);
+    ``decode_size``: decode JPEGs at the smallest DCT scale with both sides >= this (None: full size).
+    """
     if batch_size < 1:
         raise ScoringConfigError(f"batch_size must be >= 1, got {batch_size}")
+    if decode_size is not None and decode_size < 1:
+        raise ScoringConfigError(f"decode_size must be >= 1 or null, got {decode_size}")
     report = ShardReport(
         shard=Path(output_path).name,
         input=str(input_path),
         rewards={name: r.version for name, r in rewards.items()},
+        settings=scoring_settings(rewards, limits, decode_size),
     )
 
-    def score(items: list[_Item]) -> list[dict[str, Any]]:
-        _score_pending(items, rewards, recompute, report)
-        report.n_scored += len(items)
-        return [{**it.sample, REWARDS_EXT: encode_rewards(it.scores, it.versions)} for it in items]
+    def score(items: list[_Item]) -> list[dict[str, Any] | str]:
+        failed = _score_pending(items, rewards, recompute, report, failures)
+        report.n_scored += sum(reason is None for reason in failed)
+        return [
+            reason or {**it.sample, REWARDS_EXT: encode_rewards(it.scores, it.versions)}
+            for it, reason in zip(items, failed, strict=True)
+        ]
 
-    map_shard(input_path, output_path, report_path, report, _prepare, score, batch_size, on_samples)
+    map_shard(
+        input_path, output_path, report_path, report, lambda s: _prepare(s, limits, decode_size), score,
+        batch_size, on_samples,
+    )
     log.info("%s: scored %d, skipped %d -> %s", input_path, report.n_scored, report.n_skipped, output_path)
     return report
 
@@ -244,6 +359,12 @@ class ScoringSummary(RunSummary):
     def n_scored(self) -> int:
         return self.total("n_scored")
 
+    @property
+    def rewards_held(self) -> list[str]:
+        """The rewards every written shard was scored with (what the summary may claim)."""
+        held = [set(r.rewards) for r in self.reports if not r.truncated]
+        return sorted(set.intersection(*held)) if held else []
+
 
 def score_shards(
     inputs: str | Sequence[str],
@@ -256,8 +377,13 @@ def score_shards(
     world_size: int = 1,
     on_samples: Callable[[int], None] | None = None,
     on_shard: Callable[[int, int, str], None] | None = None,
+    limits: ImageLimits | None = DEFAULT_LIMITS,
+    decode_size: int | None = None,
+    failures: RewardFailurePolicy = DEFAULT_FAILURES,
 ) -> ScoringSummary:
-    """Score this rank's share of ``inputs`` into ``output_dir``, skipping finished shards.
+    """Score this rank's share of ``inputs`` into ``output_dir``, skipping finished shards: those an
+    earlier run completed with the same settings (rewards and versions, image limits, decode size).
+    ``recompute=True`` redoes every shard and every score.
 
     ``on_samples(n)`` is called as samples are processed and ``on_shard(i, total, name)`` before each
     shard (for progress bars).
@@ -267,9 +393,11 @@ def score_shards(
     reports, resumed, reports_in = run_shards(
         inputs, output_dir, report_dir, rank, world_size,
         lambda path, out, report: score_shard(
-            path, out, report, rewards, batch_size, recompute, on_samples=on_samples
+            path, out, report, rewards, batch_size, recompute, on_samples=on_samples, limits=limits,
+            decode_size=decode_size, failures=failures,
         ),
-        ShardReport.load, skip_finished=True, done="scored", on_shard=on_shard,
+        ShardReport.load, skip_finished=not recompute, done="scored", on_shard=on_shard,
+        settings=scoring_settings(rewards, limits, decode_size),
     )  # fmt: skip
     return ScoringSummary(str(output_dir), str(reports_in), reports, resumed)
 
@@ -289,18 +417,28 @@ class ScoreTable:
 
 
 def iter_reward_annotations(path: str | Path) -> Iterable[tuple[str, bytes]]:
-    """(key, rewards.json bytes) of one shard, reading no image data."""
+    """(key, rewards.json bytes) of one shard, reading no image data. A shard that ends early raises
+    :class:`TruncatedShardError` (fitting on part of it would be silent); a repeated key is read once."""
     try:
         tar = tarfile.open(path, "r")
-    except (OSError, tarfile.TarError) as err:
+    except (OSError, tarfile.TarError, EOFError) as err:
         raise ShardInputError(f"cannot read shard {path}: {err}") from None
+    seen: set[str] = set()
     with tar:
-        for member in tar:
-            if member.isfile():
-                key, ext = split_key(member.name)
-                if ext == REWARDS_EXT:
-                    handle = tar.extractfile(member)
-                    yield key, handle.read() if handle is not None else b""
+        try:
+            for member in tar:
+                if member.isfile() and not unsafe_member_name(member.name):
+                    key, ext = split_key(member.name)
+                    if ext == REWARDS_EXT and key not in seen:
+                        seen.add(key)
+                        handle = tar.extractfile(member)
+                        yield key, handle.read() if handle is not None else b""
+            clean = archive_end_is_clean(tar)
+        except (tarfile.TarError, EOFError, zlib.error, OSError) as err:
+            raise TruncatedShardError(f"shard {path} is truncated or damaged: {err}") from None
+    if not clean:
+        raise TruncatedShardError(f"shard {path} is truncated: the archive ends at byte {tar.offset} "
+                                  "without its end-of-archive block")
 
 
 def read_scores(inputs: str | Sequence[str], max_samples: int | None = None, seed: int = 0) -> ScoreTable:
@@ -322,7 +460,11 @@ def read_scores(inputs: str | Sequence[str], max_samples: int | None = None, see
         if max_samples is not None and len(records) >= max_samples:
             break
         used.append(path)
-        records.extend(decode_rewards(data, key) for key, data in iter_reward_annotations(path))
+        for key, data in iter_reward_annotations(path):
+            try:
+                records.append(decode_rewards(data, key))
+            except ValueError as err:  # a hand-edited or damaged annotation: name the shard and sample
+                raise ShardInputError(f"{path}: {err}") from None
     if not records:
         raise ShardInputError(f"no {REWARDS_EXT} in the {len(used)} shard(s) of {inputs!r}; score them first")
     if max_samples is not None and len(records) > max_samples:

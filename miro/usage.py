@@ -20,6 +20,7 @@ from hydra.errors import (
 )
 
 from miro.config import CONF_DIR
+from miro.data.bins import BinsFileError
 from miro.data.prompt_file import PromptFileError
 from miro.data.shard_stage import StageConfigError
 from miro.data.shards import ShardInputError
@@ -33,6 +34,7 @@ USAGE_ERRORS: tuple[type[BaseException], ...] = (
     ShardInputError, UnknownRewardError, StageConfigError, FileNotFoundError, MissingWeightsError,
     MissingVAEError, CheckpointError, RewardSpecError, PromptFileError,
 )
+USAGE_ERRORS += (BinsFileError,)  # a tampered or damaged bins.json (data stages, training)
 USAGE_EXIT_CODE = 2
 
 

@@ -270,3 +270,44 @@ def test_stage_command_line(seven_reward_shards: Path, tmp_path: Path) -> None:
     assert bad.stderr.strip().splitlines()[-1] == (
         "error: latent must be one of mean, mean_std, sample, got 'posterior'"
     )
+
+
+def test_limits_draft_truncation_and_settings_apply_to_caching(
+    vae: LatentVAE, t5: HFTextEncoder, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 17: caching reads images through the same limits, JPEG draft mode, truncation checks and
+    per-shard settings as scoring."""
+    from PIL import Image, ImageFile
+
+    from miro.data.image_limits import ImageLimits
+    from miro.data.shards import encode_jpeg
+
+    rng = np.random.default_rng(0)
+    big = encode_jpeg(Image.fromarray(rng.integers(0, 256, (256, 256, 3), dtype=np.uint8)))
+    samples = [{"__key__": f"{i:06d}", "jpg": big, "txt": b"a red circle"} for i in range(4)]
+    samples[2]["jpg"] = encode_jpeg(Image.fromarray(rng.integers(0, 256, (30, 300, 3), dtype=np.uint8)))
+    with atomic_shard_writer(tmp_path / "in" / "00000.tar") as writer:
+        for s in samples:
+            writer.write(s)
+    loaded: list[tuple[int, int]] = []
+    original = ImageFile.ImageFile.load
+
+    def load(self):  # the size of every image the decoder produces
+        loaded.append(self.size)
+        return original(self)
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", load)
+    out, kwargs = tmp_path / "out", dict(image_size=SIZE, batch_size=4, limits=ImageLimits(max_side=280))
+    summary = cache_shards(str(tmp_path / "in"), out, vae, t5, **kwargs)
+    report = summary.reports[0]
+    assert [s["key"] for s in report.skipped] == ["000002"] and "300x30" in report.skipped[0]["reason"]
+    assert set(loaded) == {(32, 32)}  # 256 px JPEGs drafted to 1/8 (>= 16 px); 300x30 never decoded
+    assert report.settings["image_limits"] == {"max_side": 280, "max_pixels": 4096 * 4096}
+    assert cache_shards(str(tmp_path / "in"), out, vae, t5, **kwargs).n_resumed == 1
+    assert cache_shards(str(tmp_path / "in"), out, vae, t5, **kwargs, keep_image=False).n_resumed == 0
+    shard = tmp_path / "in" / "00000.tar"
+    shard.write_bytes(shard.read_bytes()[:1536])  # cut inside the second sample
+    cut = cache_shards(str(tmp_path / "in"), out, vae, t5, **kwargs)
+    assert "00000.tar is truncated" in cut.reports[0].truncated and cut.n_cached == 0
+    assert CacheReport.load(out / "reports" / "00000.json").truncated
+    assert not (out / "00000.tar").exists()  # the output made from the earlier, complete input is gone

@@ -78,8 +78,12 @@ def write_inputs(directory: Path, n_shards: int = 3) -> list[Path]:
     return paths
 
 
+class Killed(BaseException):
+    """What a kill looks like from inside the stage: not an Exception, so no per-sample fallback."""
+
+
 class Counting(RewardModel):
-    """Mean red value; counts the images it scores. Optionally fails on its Nth batch."""
+    """Mean red value; counts the images it scores. Optionally killed on its Nth batch."""
 
     name = "redness"
     version = "1"
@@ -95,7 +99,7 @@ class Counting(RewardModel):
     def score_batch(self, images: torch.Tensor, captions: Sequence[str]) -> torch.Tensor:
         self.calls += 1
         if self.fail_on_call is not None and self.calls == self.fail_on_call:
-            raise RuntimeError("killed mid-shard")
+            raise Killed("killed mid-shard")
         self.images += images.shape[0]
         return images[:, 0].float().mean(dim=(1, 2))
 
@@ -175,7 +179,7 @@ def test_rerun_skips_finished_shards_and_changes_nothing(inputs, tmp_path):
 def test_killed_run_restarted_gives_the_bytes_of_a_clean_run(inputs, tmp_path):
     score_shards(str(inputs), tmp_path / "clean", {"redness": Counting()}, batch_size=2)
     # Batches of 2: shard 0 takes calls 1-3, shard 1 dies on its second batch.
-    with pytest.raises(RuntimeError, match="killed mid-shard"):
+    with pytest.raises(Killed, match="killed mid-shard"):
         score_shards(str(inputs), tmp_path / "out", {"redness": Counting(fail_on_call=5)}, batch_size=2)
     assert sorted(p.name for p in (tmp_path / "out").glob("*.tar*")) == ["00000.tar"]
     assert sorted(p.name for p in (tmp_path / "out" / "reports").iterdir()) == ["00000.json"]
@@ -309,13 +313,18 @@ def test_encode_rewards_is_canonical():
         decode_rewards(b"{}", "k1")
 
 
-def test_a_truncated_archive_is_an_input_error_and_leaves_no_output(inputs, tmp_path):
+def test_a_truncated_archive_is_reported_and_leaves_no_output(inputs, tmp_path):
     data = (inputs / "00000.tar").read_bytes()
     (tmp_path / "broken.tar").write_bytes(data[: len(data) // 2])
-    with pytest.raises(ShardInputError, match="broken.tar"):
-        score_shard(tmp_path / "broken.tar", tmp_path / "out" / "broken.tar", tmp_path / "r.json",
+    report = score_shard(tmp_path / "broken.tar", tmp_path / "out" / "broken.tar", tmp_path / "r.json",
+                         {"r": Counting()})
+    assert "broken.tar is truncated" in report.truncated
+    assert list((tmp_path / "out").iterdir()) == []
+    assert json.loads((tmp_path / "r.json").read_text())["truncated"] == report.truncated
+    (tmp_path / "garbage.tar").write_bytes(b"not a tar at all" * 64)  # not an archive: stops at once
+    with pytest.raises(ShardInputError, match="cannot read shard .*garbage.tar"):
+        score_shard(tmp_path / "garbage.tar", tmp_path / "out" / "garbage.tar", tmp_path / "g.json",
                     {"r": Counting()})
-    assert list((tmp_path / "out").iterdir()) == [] and not (tmp_path / "r.json").exists()
 
 
 def test_score_shard_rejects_a_zero_batch(inputs, tmp_path):

@@ -18,6 +18,8 @@ from miro.data.shapes import (
     shapes_up_to_date,
 )
 
+MAX_WORKERS = 256  # processes writing shards; more is a typo on any machine this runs on
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="miro-data", description=__doc__)
@@ -64,6 +66,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     except ValueError as err:
         print(f"miro-data: {err}", file=sys.stderr)
+        return 2
+    if not 1 <= args.workers <= MAX_WORKERS:
+        print(f"miro-data: --workers must be from 1 to {MAX_WORKERS}, got {args.workers}", file=sys.stderr)
         return 2
     last = spec.n_shards - 1
     pattern = f"{args.out}/{{00000..{last:05d}}}.tar" if last else f"{args.out}/00000.tar"

@@ -31,6 +31,23 @@ from miro.scoring import ScoringConfigError, read_scores
 log = logging.getLogger(__name__)
 
 FORMAT = "miro.bins/1"
+# The most bins a reward may be cut into. MIRO uses 64; edges are fitted with one pass per bin and a
+# model conditions on n_levels values, so a larger request (n_bins=1e9) is a typo, not a plan.
+MAX_N_BINS = 4096
+
+
+class BinsFileError(ValueError):
+    """A bins.json (or an exported model's bins) that is not what fit-bins writes: malformed, tampered
+    with or damaged. The message names the file and the field."""
+
+
+def check_n_bins(n_bins: object) -> int:
+    """``n_bins`` as an int in 1..MAX_N_BINS, or ScoringConfigError saying what was given."""
+    if isinstance(n_bins, float) and n_bins.is_integer():
+        n_bins = int(n_bins)
+    if isinstance(n_bins, bool) or not isinstance(n_bins, (int, np.integer)) or not 1 <= n_bins <= MAX_N_BINS:
+        raise ScoringConfigError(f"n_bins must be an integer from 1 to {MAX_N_BINS}, got {n_bins!r}")
+    return int(n_bins)
 
 
 def quantile_edges(values: np.ndarray, n_bins: int) -> np.ndarray:
@@ -38,8 +55,7 @@ def quantile_edges(values: np.ndarray, n_bins: int) -> np.ndarray:
 
     Non-finite values are ignored. At most ``n_bins - 1`` edges; fewer when there are ties.
     """
-    if n_bins < 1:
-        raise ValueError(f"n_bins must be >= 1, got {n_bins}")
+    n_bins = check_n_bins(n_bins)
     x = np.sort(np.asarray(values, dtype=np.float64).ravel())
     x = x[np.isfinite(x)]
     if x.size == 0:
@@ -97,23 +113,54 @@ class RewardBin:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any], where: str) -> RewardBin:
-        try:
-            edges = np.asarray(data["edges"], dtype=np.float64)
-            counts = [int(c) for c in data["counts"]]
-        except (KeyError, TypeError, ValueError) as err:
-            raise ValueError(f"{where}: malformed bins ({err!r})") from None
-        if edges.ndim != 1 or (edges.size and not np.all(np.diff(edges) > 0)) or not np.isfinite(edges).all():
-            raise ValueError(f"{where}: edges must be finite and strictly increasing")
-        if len(counts) != edges.size + 1:
-            raise ValueError(f"{where}: {len(counts)} counts for {edges.size + 1} levels")
-        return cls(
-            edges=edges,
-            counts=counts,
-            version=data.get("version"),
-            n_missing=int(data.get("n_missing", 0)),
-            min=_float_or_nan(data.get("min")),
-            max=_float_or_nan(data.get("max")),
-        )
+        """Parse and check one reward's bins: everything a hand edit or damage could break (finite,
+        strictly increasing edges; one non-negative count per level; a consistent ``n_levels``)."""
+        if not isinstance(data, Mapping):
+            raise BinsFileError(f"{where}: expected an object, got {type(data).__name__}")
+        edges_in, counts_in = data.get("edges"), data.get("counts")
+        if not isinstance(edges_in, list) or not all(_is_number(e) for e in edges_in):
+            raise BinsFileError(f"{where}: edges must be a list of numbers, got {edges_in!r:.80}")
+        if not isinstance(counts_in, list) or not all(_is_int(c) and c >= 0 for c in counts_in):
+            raise BinsFileError(
+                f"{where}: counts must be a list of non-negative integers, got {counts_in!r:.80}"
+            )
+        if len(edges_in) >= MAX_N_BINS:
+            raise BinsFileError(f"{where}: {len(edges_in)} edges, more than n_bins can be ({MAX_N_BINS})")
+        edges = np.asarray(edges_in, dtype=np.float64).reshape(-1)
+        if not np.isfinite(edges).all() or (edges.size and not np.all(np.diff(edges) > 0)):
+            raise BinsFileError(f"{where}: edges must be finite and strictly increasing")
+        if len(counts_in) != edges.size + 1:
+            raise BinsFileError(f"{where}: {len(counts_in)} counts for {edges.size + 1} levels")
+        if "n_levels" in data and data["n_levels"] != edges.size + 1:
+            raise BinsFileError(f"{where}: n_levels {data['n_levels']!r} but {edges.size + 1} levels")
+        version = data.get("version")
+        if version is not None and not isinstance(version, str):
+            raise BinsFileError(f"{where}: version must be a string or null, got {version!r}")
+        n_missing = data.get("n_missing", 0)
+        if not _is_int(n_missing) or n_missing < 0:
+            raise BinsFileError(f"{where}: n_missing must be a non-negative integer, got {n_missing!r}")
+        low, high = (_optional_float(data.get(k), f"{where}: {k}") for k in ("min", "max"))
+        if low > high:
+            raise BinsFileError(f"{where}: min {low} is above max {high}")
+        return cls(edges=edges, counts=[int(c) for c in counts_in], version=version, n_missing=int(n_missing),
+                   min=low, max=high)
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def _optional_float(x: Any, where: str) -> float:
+    """A finite number, or NaN for null (no finite score was fitted)."""
+    if x is None:
+        return math.nan
+    if not _is_number(x) or not math.isfinite(x):
+        raise BinsFileError(f"{where} must be a finite number or null, got {x!r}")
+    return float(x)
 
 
 def _json_float(x: float) -> float | None:
@@ -217,19 +264,31 @@ class RewardBins:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any], where: str = "bins") -> RewardBins:
+        """Parse and check a bins file; :class:`BinsFileError` naming the field for anything that is
+        not what :meth:`save` writes (training conditions on these numbers: a bad one must not load)."""
         if not isinstance(data, Mapping) or data.get("format") != FORMAT:
             found = data.get("format") if isinstance(data, Mapping) else type(data).__name__
-            raise ValueError(f"{where}: not a MIRO bins file (format {found!r}, expected {FORMAT!r})")
+            raise BinsFileError(f"{where}: not a MIRO bins file (format {found!r}, expected {FORMAT!r})")
+        n_bins, n_records = data.get("n_bins"), data.get("n_records", 0)
+        if not _is_int(n_bins) or not 1 <= n_bins <= MAX_N_BINS:
+            raise BinsFileError(f"{where}: n_bins must be an integer from 1 to {MAX_N_BINS}, got {n_bins!r}")
+        if not _is_int(n_records) or n_records < 0:
+            raise BinsFileError(f"{where}: n_records must be a non-negative integer, got {n_records!r}")
+        rewards_in, shards = data.get("rewards", {}), data.get("shards", [])
+        if not isinstance(rewards_in, Mapping):
+            found = type(rewards_in).__name__
+            raise BinsFileError(f"{where}: rewards must be an object name -> bins, got {found}")
+        if not isinstance(shards, list) or not all(isinstance(s, str) for s in shards):
+            raise BinsFileError(f"{where}: shards must be a list of paths")
         rewards = {
-            name: RewardBin.from_json(b, f"{where}: reward {name!r}")
-            for name, b in data.get("rewards", {}).items()
+            name: RewardBin.from_json(b, f"{where}: reward {name!r}") for name, b in rewards_in.items()
         }
-        return cls(
-            rewards=rewards,
-            n_bins=int(data["n_bins"]),
-            shards=list(data.get("shards", [])),
-            n_records=int(data.get("n_records", 0)),
-        )
+        for name, b in rewards.items():
+            if b.n_levels > n_bins:
+                raise BinsFileError(
+                    f"{where}: reward {name!r} has {b.n_levels} levels, more than n_bins {n_bins}"
+                )
+        return cls(rewards=rewards, n_bins=n_bins, shards=list(shards), n_records=n_records)
 
     @classmethod
     def load(cls, path: str | Path) -> RewardBins:
@@ -238,8 +297,8 @@ class RewardBins:
             raise FileNotFoundError(f"bins file not found: {path} (run fit-bins first)")
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise ValueError(f"{path}: not valid JSON ({err})") from None
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
+            raise BinsFileError(f"{path}: not valid JSON ({err})") from None
         return cls.from_json(data, str(path))
 
 
@@ -261,6 +320,7 @@ def fit_from_shards(
     ``rewards`` restricts the fit to some rewards (default: every reward found). Scores of one reward
     computed by different versions of it are not comparable, so that is an error naming them.
     """
+    n_bins = check_n_bins(n_bins)
     table = read_scores(inputs, max_samples=max_samples, seed=seed)
     names = sorted(table.scores) if rewards is None else list(rewards)
     missing = [n for n in names if n not in table.scores]

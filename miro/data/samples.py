@@ -41,6 +41,7 @@ import torch
 from PIL import Image
 
 from miro.data.bins import RewardBins
+from miro.data.image_limits import ImageLimits, ImageTooLargeError, open_rgb
 from miro.data.shards import IMAGE_EXTS
 from miro.utils.text_batch import pad_rows
 
@@ -49,15 +50,23 @@ class SampleDecodeError(ValueError):
     """A sample that cannot be used for training; the message names its key and field."""
 
 
-def decode_image(data: bytes, key: str, image_size: int) -> torch.Tensor:
+def decode_image(data: bytes, key: str, image_size: int, limits: ImageLimits | None = None) -> torch.Tensor:
     """JPEG/PNG bytes -> uint8 [3, S, S] (center-cropped square, resized if needed).
 
     uint8, not float: the in-memory data set keeps a quarter of the bytes, and converting to the model's
     [-1, 1] range (:func:`to_model_range`) is one cheap operation on a whole batch.
+
+    With ``limits`` (latent caching passes them), an image whose header claims more is refused before
+    decoding, and a JPEG is decoded in draft mode at the smallest DCT scale still >= ``image_size``.
     """
     try:
-        img = Image.open(io.BytesIO(data))
-        img = img.convert("RGB")
+        if limits is not None:
+            img = open_rgb(data, limits, draft_size=image_size)
+        else:
+            img = Image.open(io.BytesIO(data))
+            img = img.convert("RGB")
+    except ImageTooLargeError as err:
+        raise SampleDecodeError(f"sample {key}: {err}") from None
     except Exception as err:  # PIL raises many types for corrupt files
         raise SampleDecodeError(f"sample {key}: cannot decode image ({err})") from None
     w, h = img.size

@@ -66,6 +66,11 @@ if tuple(OBJECT_RGB) != COLOURS:  # the detector indexes both in the same order
 # Five or more objects large enough to classify at 24-32 px rarely fit apart by random placement.
 MAX_OBJECTS = 4
 MIN_SIZE = 16  # smallest image side; the detector is tested from 24 px up
+# Upper bounds: the shapes world is a CPU stand-in for real data; beyond these a request is a typo
+# (--size 100000 would render 30 GB images), not a data set.
+MAX_SIZE = 1024
+MAX_N = 100_000_000
+MAX_PER_SHARD = 1_000_000
 
 
 class SceneError(ValueError):
@@ -427,12 +432,19 @@ class ShapesSpec:
     min_object_px: float = 7.0
 
     def __post_init__(self) -> None:
-        if self.size < MIN_SIZE:
-            raise ValueError(f"image size must be at least {MIN_SIZE}, got {self.size}")
+        if not MIN_SIZE <= self.size <= MAX_SIZE:
+            raise ValueError(f"image size must be from {MIN_SIZE} to {MAX_SIZE} px, got {self.size}")
         if not 1 <= self.max_objects <= MAX_OBJECTS:
             raise ValueError(f"max_objects must be in 1..{MAX_OBJECTS}, got {self.max_objects}")
         if self.n < 1 or self.per_shard < 1:
             raise ValueError(f"n and per_shard must be positive, got n={self.n}, per_shard={self.per_shard}")
+        if self.n > MAX_N or self.per_shard > MAX_PER_SHARD:
+            raise ValueError(
+                f"n must be at most {MAX_N} and per_shard at most {MAX_PER_SHARD}, got n={self.n}, "
+                f"per_shard={self.per_shard}"
+            )
+        if not (math.isfinite(self.min_object_px) and 0 <= self.min_object_px < self.size):
+            raise ValueError(f"min_object_px must be from 0 to the image size, got {self.min_object_px}")
         lo, hi = self.size_range
         if not 0 < lo <= hi < 1:
             raise ValueError(f"size_range must satisfy 0 < low <= high < 1, got {self.size_range}")

@@ -159,6 +159,18 @@ def load_pretrained(path: str | Path, device: str | torch.device = "cpu") -> Pre
     return out.to(device)
 
 
+def read_config(path: str | Path) -> dict[str, Any]:
+    """A model directory's checked config.json without building anything: what a command needs to
+    validate its request (reward names) before it pays for loading the model."""
+    root = Path(path)
+    root = root.parent if root.is_file() else root
+    if not root.is_dir():
+        raise CheckpointError(f"{root}: no such model directory (training exports one to <run dir>/export)")
+    if not (root / CONFIG).is_file():
+        raise CheckpointError(f"{root} is not a MIRO model directory: {CONFIG} missing")
+    return _read_config(root / CONFIG)
+
+
 def _read_config(path: Path) -> dict[str, Any]:
     try:
         config = json.loads(path.read_text(encoding="utf-8"))

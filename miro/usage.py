@@ -18,7 +18,9 @@ from hydra.errors import (
     MissingConfigException,
     OverrideParseException,
 )
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 
+from miro.checks import InputError
 from miro.config import CONF_DIR
 from miro.data.prompt_file import PromptFileError
 from miro.data.shard_stage import StageConfigError
@@ -31,7 +33,7 @@ from miro.rewards.weights import MissingWeightsError
 
 USAGE_ERRORS: tuple[type[BaseException], ...] = (
     ShardInputError, UnknownRewardError, StageConfigError, FileNotFoundError, MissingWeightsError,
-    MissingVAEError, CheckpointError, RewardSpecError, PromptFileError,
+    MissingVAEError, CheckpointError, RewardSpecError, PromptFileError, InputError, MisconfigurationException,
 )
 USAGE_EXIT_CODE = 2
 
@@ -60,16 +62,18 @@ def hydra_one_line(err: HydraException) -> str:
 
 
 @contextmanager
-def usage_errors() -> Iterator[None]:
-    """Turn a bad request into ``error: ...`` on stderr and exit code 2."""
+def usage_errors(prog: str | None = None) -> Iterator[None]:
+    """Turn a bad request into ``PROG: error: ...`` (without ``prog``: ``error: ...``) on stderr and exit
+    code 2: the line argparse prints for a bad option, so every command reads the same."""
+    prefix = f"{prog}: error: " if prog else "error: "
     try:
         yield
     except Exception as err:
         cause = usage_error(err)
         if cause is not None:
-            print(f"error: {cause}", file=sys.stderr)
+            print(f"{prefix}{cause}", file=sys.stderr)
         elif isinstance(err, HydraException):
-            print(f"error: {hydra_one_line(err)}", file=sys.stderr)
+            print(f"{prefix}{hydra_one_line(err)}", file=sys.stderr)
         else:
             raise
         sys.exit(USAGE_EXIT_CODE)

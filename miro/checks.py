@@ -9,6 +9,8 @@ behind. The CLIs (``miro-generate``, ``miro-eval``) and the Hydra entry points (
 from __future__ import annotations
 
 import math
+import pickle
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -103,8 +105,16 @@ def check_resume_checkpoint(path: Any, field: str = "ckpt_path") -> None:
         raise InputError(f"{field} {ckpt} {what}")
     try:
         state = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as err:  # torch raises several types for a damaged or hostile file
-        reason = " ".join(str(err).split())[:200] or type(err).__name__
+    except pickle.UnpicklingError as err:  # torch's weights_only refusal: the file names a callable
+        named = re.search(r"GLOBAL ([\w.]+)", str(err))
+        what = f" ({named.group(1)})" if named else ""
+        raise InputError(
+            f"{field} {ckpt}: refused, it holds pickled objects{what} that would run code when loaded; "
+            "checkpoints load as tensors and plain data only (weights_only=True)"
+        ) from None
+    except Exception as err:  # torch raises several types for a damaged file
+        reason = re.sub(r"\x1b\[[0-9;]*m", "", " ".join(str(err).split())).split(". ")[0][:160]
+        reason = reason or type(err).__name__
         raise InputError(f"{field} {ckpt}: not a loadable checkpoint ({reason})") from None
     keys = state if isinstance(state, dict) else {}
     missing = [key for key in ("state_dict", "global_step") if key not in keys]

@@ -1,5 +1,8 @@
 """Bad requests end with one line on stderr and exit code 2, in every command.
 
+The line is ``PROG: error: ...`` (what argparse prints for a bad option) when a command passes its
+name to :func:`usage_errors`; ``error: ...`` otherwise. docs/reliability.md lists the cases.
+
 A wrong path, an unknown reward or a missing weights file is the user's to fix, so it deserves a
 sentence naming the problem, not a traceback. Hydra wraps whatever a ``_target_`` raises in an
 ``InstantiationException`` whose message repeats the config; :func:`usage_error` looks through that

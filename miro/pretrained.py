@@ -8,6 +8,10 @@ An export is a directory with two files:
 * ``config.json``: everything needed to rebuild the model without the training config: the DiT config,
   the text encoder's Hydra config, the VAE's (or null for pixel space), the reward names with their
   fitted bins, and sampling defaults.
+
+Loading never hands ``config.json`` to Hydra's ``instantiate``: its component entries are matched
+against the closed registry in :mod:`miro.components` (known classes, checked arguments), so a crafted
+file cannot name a function to call.
 """
 
 from __future__ import annotations
@@ -20,10 +24,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
-from hydra.utils import instantiate
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from miro.components import TEXT_ENCODERS, VAES, build_component, build_model
 from miro.data.bins import RewardBins
 from miro.data.shards import write_bytes_atomic
 from miro.model_card import write_model_card
@@ -141,22 +145,38 @@ def load_pretrained(
         tensors = load_file(str(root / WEIGHTS))
     except Exception as err:  # safetensors raises its own (untyped) error for a damaged file
         raise CheckpointError(f"{root / WEIGHTS}: not a readable safetensors file ({err})") from None
-    model = _build(root, "model", lambda: _dit_from_config(config["model"]))
+    model = _build(root, "model", lambda: build_model("model", config["model"]))
     _load_prefixed(model, tensors, "model.", root)
     reward_names = [str(n) for n in config["reward_names"]]
     if reward_names != list(model.reward_names):
         raise CheckpointError(
             f"{root / CONFIG}: reward_names {reward_names} differ from the model's {list(model.reward_names)}"
         )
-    text_encoder = _build(root, "text_encoder", lambda: instantiate(config["text_encoder"]))
+    text_encoder = _build(
+        root, "text_encoder", lambda: build_component(TEXT_ENCODERS, "text_encoder", config["text_encoder"])
+    )
     if any(k.startswith("text_encoder.") for k in tensors):
         _load_prefixed(text_encoder, tensors, "text_encoder.", root)
-    vae = _build(root, "vae", lambda: instantiate(config["vae"])) if config.get("vae") else None
+    vae = None
+    if config.get("vae") is not None:
+        vae = _build(root, "vae", lambda: build_component(VAES, "vae", config["vae"]))
     bins = None
     if config.get("bins"):
         bins = _build(root, "bins", lambda: RewardBins.from_json(config["bins"], f"{root / CONFIG}: bins"))
     out = Pretrained(model.eval(), text_encoder.eval(), vae, reward_names, bins, config, root)
     return out.to(device)
+
+
+def read_config(path: str | Path) -> dict[str, Any]:
+    """A model directory's checked config.json without building anything: what a command needs to
+    validate its request (reward names) before it pays for loading the model."""
+    root = Path(path)
+    root = root.parent if root.is_file() else root
+    if not root.is_dir():
+        raise CheckpointError(f"{root}: no such model directory (training exports one to <run dir>/export)")
+    if not (root / CONFIG).is_file():
+        raise CheckpointError(f"{root} is not a MIRO model directory: {CONFIG} missing")
+    return _read_config(root / CONFIG)
 
 
 def _read_config(path: Path) -> dict[str, Any]:
@@ -180,14 +200,6 @@ def _read_config(path: Path) -> dict[str, Any]:
             f"{path}: image_size must be an integer, got {config['image_size']!r}"
         ) from None
     return config
-
-
-def _dit_from_config(config: Any) -> nn.Module:
-    from miro.models.dit import MiroDiT
-
-    if not isinstance(config, dict):
-        raise TypeError(f"expected an object, got {type(config).__name__}")
-    return MiroDiT.from_config(config)
 
 
 T = TypeVar("T")

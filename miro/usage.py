@@ -1,5 +1,8 @@
 """Bad requests end with one line on stderr and exit code 2, in every command.
 
+The line is ``PROG: error: ...`` (what argparse prints for a bad option) when a command passes its
+name to :func:`usage_errors`; ``error: ...`` otherwise. docs/reliability.md lists the cases.
+
 A wrong path, an unknown reward or a missing weights file is the user's to fix, so it deserves a
 sentence naming the problem, not a traceback. Hydra wraps whatever a ``_target_`` raises in an
 ``InstantiationException`` whose message repeats the config; :func:`usage_error` looks through that
@@ -18,7 +21,9 @@ from hydra.errors import (
     MissingConfigException,
     OverrideParseException,
 )
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 
+from miro.checks import InputError
 from miro.config import CONF_DIR
 from miro.data.bins import BinsFileError
 from miro.data.prompt_file import PromptFileError
@@ -32,7 +37,7 @@ from miro.rewards.weights import MissingWeightsError
 
 USAGE_ERRORS: tuple[type[BaseException], ...] = (
     ShardInputError, UnknownRewardError, StageConfigError, FileNotFoundError, MissingWeightsError,
-    MissingVAEError, CheckpointError, RewardSpecError, PromptFileError,
+    MissingVAEError, CheckpointError, RewardSpecError, PromptFileError, InputError, MisconfigurationException,
 )
 USAGE_ERRORS += (BinsFileError,)  # a tampered or damaged bins.json (data stages, training)
 USAGE_EXIT_CODE = 2
@@ -62,16 +67,18 @@ def hydra_one_line(err: HydraException) -> str:
 
 
 @contextmanager
-def usage_errors() -> Iterator[None]:
-    """Turn a bad request into ``error: ...`` on stderr and exit code 2."""
+def usage_errors(prog: str | None = None) -> Iterator[None]:
+    """Turn a bad request into ``PROG: error: ...`` (without ``prog``: ``error: ...``) on stderr and exit
+    code 2: the line argparse prints for a bad option, so every command reads the same."""
+    prefix = f"{prog}: error: " if prog else "error: "
     try:
         yield
     except Exception as err:
         cause = usage_error(err)
         if cause is not None:
-            print(f"error: {cause}", file=sys.stderr)
+            print(f"{prefix}{cause}", file=sys.stderr)
         elif isinstance(err, HydraException):
-            print(f"error: {hydra_one_line(err)}", file=sys.stderr)
+            print(f"{prefix}{hydra_one_line(err)}", file=sys.stderr)
         else:
             raise
         sys.exit(USAGE_EXIT_CODE)

@@ -6,6 +6,7 @@ from transformers import AutoTokenizer, BertTokenizer, T5Config, T5EncoderModel
 from miro.models.text import (
     FeatureCache,
     HFTextEncoder,
+    MiniLMTextEncoder,
     WordTextEncoder,
     minilm_model_dir,
 )
@@ -144,7 +145,9 @@ def test_cache_hit_equals_uncached_and_skips_the_model(tiny_t5, bert_tokenizer):
         again = encoder([SHORT, LONG])
     finally:
         handle.remove()
-    assert calls == [2]  # one model call, on the two distinct captions; the second batch is all hits
+    # one model call per new caption, encoded alone (so a cached row does not depend on its batch);
+    # the second batch is all hits
+    assert calls == [1, 1]
     fresh_tokens, fresh_mask = uncached(tiny_t5, bert_tokenizer, [LONG, SHORT, LONG])
     torch.testing.assert_close(first[0], fresh_tokens, rtol=0, atol=1e-5)
     assert torch.equal(first[1], fresh_mask)
@@ -160,7 +163,7 @@ def test_cache_pads_mixed_cached_and_new_captions(tiny_t5, bert_tokenizer):
         tokens, mask = encoder([LONG, SHORT, MID, SHORT])
     finally:
         handle.remove()
-    assert calls == [1, 2]  # only LONG and MID were new
+    assert calls == [1, 1, 1]  # only LONG and MID were new, each encoded alone
     fresh_tokens, fresh_mask = uncached(tiny_t5, bert_tokenizer, [LONG, SHORT, MID, SHORT])
     assert mask.sum(1).tolist() == fresh_mask.sum(1).tolist() == [12, 4, 6, 4]  # LONG truncated at 12
     assert torch.equal(mask, fresh_mask) and tokens.shape == fresh_tokens.shape == (4, 12, 32)
@@ -180,7 +183,7 @@ def test_cache_eviction_bound_and_lru_order(tiny_t5, bert_tokenizer):
         tokens, mask = encoder([SHORT, MID, LONG, "a green triangle"])  # more distinct captions than fit
     finally:
         handle.remove()
-    assert calls == [1, 1, 1, 2]
+    assert calls == [1, 1, 1, 1, 1]  # SHORT and the new caption, one call each
     assert len(encoder.cache) == 2
     fresh_tokens, fresh_mask = uncached(tiny_t5, bert_tokenizer, [SHORT, MID, LONG, "a green triangle"])
     assert torch.equal(mask, fresh_mask)
@@ -226,3 +229,25 @@ def test_feature_cache_stores_detached_rows_and_pad_rows():
     tokens, mask = pad_rows([cache.get("c"), cache.get("a")], 4, torch.device("cpu"))
     assert tokens.shape == (2, 3, 4) and mask.tolist() == [[True, True, False], [True, True, True]]
     assert tokens[1].sum() == 24 and tokens[0].abs().sum() == 0
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_cached_features_do_not_depend_on_the_batch_a_caption_came_in(autocast: bool) -> None:
+    """Padding to a batch's longest caption changes the attention's sums, so cached features used to
+    depend on which captions came first (a resumed run, whose cache starts empty, then drifted); each
+    caption's cached row now equals the row it gets encoded alone, under bf16 autocast too, and on two
+    threads, where even unpadded batches of equal-length captions differed with the batch size."""
+    captions = ["a red circle on the left and a small blue square", "two green triangles", "a red circle",
+                "a purple triangle above an orange square", "three yellow circles", "a small blue square"]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            batched = MiniLMTextEncoder(max_length=32, cache_size=16)
+            tokens, mask = batched(captions)
+            alone = MiniLMTextEncoder(max_length=32, cache_size=16)
+            rows = [alone([caption]) for caption in captions]
+    finally:
+        torch.set_num_threads(threads)
+    for i, (row, row_mask) in enumerate(rows):
+        assert torch.equal(tokens[i, mask[i]], row[0, row_mask[0]]), captions[i]

@@ -117,11 +117,15 @@ def test_loss_decreases_on_the_shapes_data(scored_shapes: Path, tmp_path: Path) 
     assert last < 0.7 * first, (first, last)
 
 
-def test_resumed_run_matches_an_uninterrupted_run(scored_shapes: Path, tmp_path: Path) -> None:
+def test_resumed_run_matches_an_uninterrupted_run_bit_for_bit(scored_shapes: Path, tmp_path: Path) -> None:
+    """The demo recipe (MiniLM with its caption cache, bf16 autocast) at batch 32, so the uninterrupted
+    run has most captions cached when the resumed one starts with an empty cache: features that depended
+    on the padding of the batch a caption was first encoded in made these runs drift apart by 4e-4
+    within 4 steps (issue 17); now every loss and weight is equal."""
     common = [
         "+experiment=shapes",
-        "trainer.max_steps=4",
-        "callbacks.checkpoint.every_n_train_steps=2",
+        "trainer.max_steps=8",
+        "callbacks.checkpoint.every_n_train_steps=4",
         "~callbacks.sample_grid",
         "~callbacks.export",
         "logger=none",
@@ -129,22 +133,26 @@ def test_resumed_run_matches_an_uninterrupted_run(scored_shapes: Path, tmp_path:
         "trainer.enable_model_summary=false",
         "module.warmup_steps=2",
     ]
-    whole = _Record()
-    full, _ = _fit(compose_config("train", [*common, *_overrides(scored_shapes, tmp_path / "a")]), whole)
 
-    cfg = compose_config("train", [*common, *_overrides(scored_shapes, tmp_path / "b")])
-    _fit(cfg, _Record(stop_at=2))  # killed after step 2 (its checkpoint was written at step 2)
+    def config(out: Path):  # noqa: ANN202
+        tiny = [o for o in _overrides(scored_shapes, out) if not o.startswith("data.batch_size=")]
+        return compose_config("train", [*common, *tiny, "data.batch_size=32"])
+
+    whole = _Record()
+    full, _ = _fit(config(tmp_path / "a"), whole)
+
+    cfg = config(tmp_path / "b")
+    _fit(cfg, _Record(stop_at=4))  # killed after step 4 (its checkpoint was written at step 4)
     resumed_record = _Record()
     resumed, trainer = _fit(cfg, resumed_record, ckpt_path=str(tmp_path / "b" / "checkpoints" / "last.ckpt"))
 
-    assert trainer.global_step == 4
-    assert sorted(resumed_record.losses) == [3, 4]
-    for step in (3, 4):
-        assert resumed_record.losses[step] == pytest.approx(whole.losses[step], rel=1e-5, abs=1e-7)
-    for (name, a), b in zip(
-        full.ema_model.state_dict().items(), resumed.ema_model.state_dict().values(), strict=True
-    ):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=f"EMA weight {name} differs after resume")
+    assert trainer.global_step == 8
+    assert sorted(resumed_record.losses) == [5, 6, 7, 8]
+    assert {s: whole.losses[s] for s in (5, 6, 7, 8)} == resumed_record.losses
+    for part in ("model", "ema_model"):
+        want, got = getattr(full, part).state_dict(), getattr(resumed, part).state_dict()
+        different = [name for name in want if not torch.equal(want[name], got[name])]
+        assert not different, f"{part} weights differ after resume: {different[:3]}"
 
 
 def test_cc12m_recipe_composes_and_trains_with_tiny_stand_ins(

@@ -59,5 +59,7 @@ def test_commands_name_a_missing_input_in_one_line(
         logging.getLogger().handlers.clear()
     assert exit_info.value.code == USAGE_EXIT_CODE
     err = capsys.readouterr().err
-    assert err.strip().splitlines()[-1] == "error: " + expected.format(tmp=tmp_path)
+    prog = command.removesuffix(".__main__")  # miro.train, miro.rl: the prefix argparse would use
+    assert err.strip().splitlines()[-1] == f"{prog}: error: " + expected.format(tmp=tmp_path)
+    assert not (tmp_path / "run").exists()  # a run that never started leaves no directory
     assert "Traceback" not in err

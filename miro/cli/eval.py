@@ -17,6 +17,7 @@ from pathlib import Path
 from hydra.errors import HydraException
 from rich.progress import Progress
 
+from miro.checks import InputError, check_device, check_guidance, check_out_dir
 from miro.cli import PRECISION_HELP, THREADS_HELP, threads_arg
 from miro.config import set_threads
 from miro.eval.compare import CompareError, compare, load_results, write_comparison
@@ -25,8 +26,8 @@ from miro.eval.results_report import write_results_report
 from miro.eval.runner import EvalSettings, Evaluator
 from miro.eval.study import STUDIES, Study, StudyError, compose_study_config, run_steps
 from miro.model_card import record_evaluation
-from miro.pipeline import PRECISIONS, MiroPipeline
-from miro.pretrained import CheckpointError
+from miro.pipeline import PRECISIONS, MiroPipeline, RewardSpecError, negative_targets
+from miro.pretrained import CheckpointError, read_config
 from miro.rewards.base import RewardModel, UnknownRewardError
 from miro.scoring import build_rewards, reward_specs
 from miro.utils.hardware import describe
@@ -82,6 +83,21 @@ def settings_from_args(args: argparse.Namespace) -> EvalSettings:
         batch_size=args.batch_size, negative_rewards=args.negative_rewards,
         negative_prompt=args.negative_prompt, push=args.push,
     )
+
+
+def check_request(args: argparse.Namespace) -> None:
+    """What can be checked before a model is loaded or a reward model built (they take minutes at
+    scale): guidance, device, the output directory, both model directories and the reward names."""
+    check_guidance(args.guidance)
+    check_device(args.device)
+    check_out_dir(args.out)
+    config = read_config(args.checkpoint)
+    if args.baseline:
+        read_config(args.baseline)
+    names = [str(n) for n in config["reward_names"]]
+    negative_targets(names, {}, args.negative_rewards, config.get("sampling", {}).get("guided_rewards"))
+    if args.rewards:
+        reward_specs([n.strip() for n in args.rewards.split(",") if n.strip()])
 
 
 def measured_rewards(spec: str | None, pipe: MiroPipeline, device: str = "cpu") -> dict[str, RewardModel]:
@@ -178,6 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         threads = set_threads(args.threads)
         settings = settings_from_args(args)
+        check_request(args)
         pipe = MiroPipeline.from_pretrained(args.checkpoint, args.device, args.precision)
         print(f"miro-eval: {describe(pipe.precision_choice, threads)}")
         baseline = None
@@ -185,8 +202,8 @@ def main(argv: list[str] | None = None) -> int:
             baseline = MiroPipeline.from_pretrained(args.baseline, args.device, args.precision)
         rewards = measured_rewards(args.rewards, pipe, args.device)
         evaluator = Evaluator(pipe, rewards, settings)
-    except (CheckpointError, UnknownRewardError, ValueError, OSError) as err:
-        print(f"miro-eval: {err}", file=sys.stderr)
+    except (CheckpointError, UnknownRewardError, InputError, RewardSpecError, ValueError, OSError) as err:
+        print(f"miro-eval: error: {err}", file=sys.stderr)
         return 2
     with Progress() as progress:
         total = evaluator.total_images(with_baseline=baseline is not None)

@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 from rich.progress import Progress
 
+from miro.checks import InputError, check_device, check_guidance, check_out_dir
 from miro.cli import PRECISION_HELP, THREADS_HELP, threads_arg
 from miro.config import set_threads
 from miro.data.prompt_file import PromptFileError, read_prompt_file
@@ -24,8 +25,10 @@ from miro.pipeline import (
     MiroPipeline,
     RewardSpecError,
     image_grid,
+    negative_targets,
+    parse_reward_spec,
 )
-from miro.pretrained import WEIGHTS, CheckpointError, file_hash
+from miro.pretrained import WEIGHTS, CheckpointError, file_hash, read_config
 from miro.rewards.base import available_rewards
 from miro.utils.hardware import compute_record, describe
 
@@ -157,20 +160,31 @@ def image_record(pipe: MiroPipeline, checkpoint: str | Path, used: dict, compute
         "checkpoint": str(checkpoint),
         "checkpoint_sha256": file_hash(Path(pipe.pretrained.path) / WEIGHTS),
     }
+def check_request(args: argparse.Namespace) -> list[str]:
+    """Everything about the request that can be checked before the model is loaded; the prompts."""
+    prompts = read_prompts(args)
+    check_guidance(args.guidance)
+    check_device(args.device)
+    check_out_dir(args.out)
+    config = read_config(args.checkpoint)  # the reward names, without building the model
+    names = [str(n) for n in config["reward_names"]]
+    targets = parse_reward_spec(args.rewards, names)
+    negative_targets(names, targets, args.negative_rewards, config.get("sampling", {}).get("guided_rewards"))
+    return prompts
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         threads = set_threads(args.threads)
-        prompts = read_prompts(args)
+        prompts = check_request(args)
         options = miro_sampling_options(args)
         pipe = MiroPipeline.from_pretrained(args.checkpoint, args.device, args.precision)
         print(f"miro-generate: {describe(pipe.precision_choice, threads)}")
         used = pipe.resolve(args.rewards, args.negative_rewards, guidance=args.guidance, steps=args.steps,
                             **options)
-    except (UsageError, CheckpointError, RewardSpecError) as err:
-        print(f"miro-generate: {err}", file=sys.stderr)
+    except (UsageError, InputError, CheckpointError, RewardSpecError) as err:
+        print(f"miro-generate: error: {err}", file=sys.stderr)
         return 2
 
     # Image i of the run (prompts in order, each repeated --n times) uses seed + i.

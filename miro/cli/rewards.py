@@ -49,7 +49,7 @@ def _download(names: list[str], vqa_size: str) -> int:
     try:
         canonical = [resolve_name(n) for n in names] if names else list(MIRO_SEVEN)
     except UnknownRewardError as err:
-        print(f"miro-rewards: {err}", file=sys.stderr)
+        print(f"miro-rewards: error: {err}", file=sys.stderr)
         return 2
     failed = 0
     for name in dict.fromkeys(canonical):
@@ -61,7 +61,7 @@ def _download(names: list[str], vqa_size: str) -> int:
         try:
             paths = cls.download(sources)
         except MissingWeightsError as err:
-            print(f"miro-rewards: {err}", file=sys.stderr)
+            print(f"miro-rewards: error: {err}", file=sys.stderr)
             failed += 1
             continue
         for component, path in paths.items():

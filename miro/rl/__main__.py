@@ -5,6 +5,7 @@ Only wiring: build the pieces the config names, call ``fit``, export, say where 
 
 from __future__ import annotations
 
+import shutil
 import warnings
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig, open_dict
 
+from miro.checks import InputError, check_accelerator, check_int, check_resume_checkpoint, check_threads
 from miro.config import (
     CONF_DIR,
     instantiate_group,
@@ -21,8 +23,10 @@ from miro.config import (
     resolve_compute,
     write_compute_record,
 )
-from miro.rl.module import updates_per_iteration
-from miro.usage import usage_errors
+from miro.lit.interrupt import CheckpointOnSigterm, fit_or_exit, fresh_run_dir
+from miro.rl.module import parse_reward_weights, updates_per_iteration
+from miro.scoring import reward_specs
+from miro.usage import USAGE_EXIT_CODE, usage_errors
 
 quiet_eval_mode_warning()
 # GRPO checkpoints are meant to hold the weights after the iteration's updates.
@@ -45,7 +49,9 @@ def build(cfg: DictConfig) -> tuple[L.LightningModule, L.LightningDataModule, L.
         # The trainer counts optimiser updates; the config counts iterations.
         with open_dict(cfg):
             cfg.callbacks.checkpoint.every_n_train_steps = updates * int(cfg.checkpoint_every)
-    callbacks = instantiate_group(cfg, "callbacks")
+    # Always there, whatever the callbacks group says: a SIGTERM'd run must leave a resumable checkpoint.
+    sigterm = CheckpointOnSigterm(Path(cfg.paths.output_dir) / "checkpoints")
+    callbacks = [*instantiate_group(cfg, "callbacks"), sigterm]
     loggers = instantiate_group(cfg, "logger")
     # The trainer's steps (checkpoints, logs, the stopping rule) count optimiser updates; an "epoch" of
     # `iterations` prompt batches makes the progress bar count iterations.
@@ -61,11 +67,33 @@ def build(cfg: DictConfig) -> tuple[L.LightningModule, L.LightningDataModule, L.
     return module, datamodule, trainer
 
 
+def check_config(cfg: DictConfig) -> None:
+    """What can be wrong with the composed config, checked before the model is loaded or a rollout runs:
+    the reward names (unknown ones used to surface only after the first rollouts), counts, the device
+    and the checkpoint to resume from."""
+    check_threads(cfg.get("threads"))
+    for field in ("iterations", "checkpoint_every"):
+        check_int(cfg.get(field), field)
+    check_int(cfg.data.get("prompts_per_iteration"), "data.prompts_per_iteration")
+    for field in ("group_size", "rollout_batch_size", "train_batch_size", "inner_epochs", "steps"):
+        check_int(cfg.module.get(field), f"module.{field}")
+    try:
+        weights = parse_reward_weights(cfg.module.rewards)
+    except ValueError as err:
+        raise InputError(f"module.rewards: {err}") from None
+    names = list(weights) + list(cfg.module.get("monitor_rewards") or [])
+    reward_specs(names)  # resolves every name or alias: an unknown one is named with the valid ones
+    check_accelerator(cfg.trainer)
+    check_resume_checkpoint(cfg.get("ckpt_path"))
+
+
 def run(cfg: DictConfig) -> Path | None:
-    """Fine-tune as ``cfg`` says and export; returns the export (None on ranks other than 0)."""
+    """Check, fine-tune as ``cfg`` says and export; returns the export (None on ranks other than 0).
+    A SIGTERM saves a resumable checkpoint and exits 143 (miro.lit.interrupt)."""
+    check_config(cfg)
     out = prepare_run_dir(cfg)
     module, datamodule, trainer = build(cfg)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    fit_or_exit(trainer, module, datamodule, cfg.get("ckpt_path"), out, "python -m miro.rl")
     if not trainer.is_global_zero:
         return None
     return module.export(out / "export", extra={"source": str(cfg.pretrained)})
@@ -73,8 +101,15 @@ def run(cfg: DictConfig) -> Path | None:
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="rl")
 def main(cfg: DictConfig) -> None:
-    with usage_errors():  # a missing export or prompt file: one line, exit code 2
-        export = run(cfg)
+    out = Path(cfg.paths.output_dir)
+    created = fresh_run_dir(out)
+    try:
+        with usage_errors("miro.rl"):  # a missing export or prompt file: one line, exit code 2
+            export = run(cfg)
+    except SystemExit as stop:
+        if stop.code == USAGE_EXIT_CODE and created:
+            shutil.rmtree(out, ignore_errors=True)  # a run that never started leaves no directory
+        raise
     if export is None:
         return
     out = Path(cfg.paths.output_dir)

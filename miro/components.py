@@ -126,7 +126,8 @@ MODEL = Component(
      "text_dim": POSITIVE_INT, "reward_names": STRINGS, "reward_dropout": PROBABILITY,
      "fourier_dim": POSITIVE_INT, "fourier_max_frequency": NUMBER, "pooled_text": BOOL,
      "pooled_rewards": BOOL, "conv_channels": NON_NEGATIVE_INT, "unet_channels": POSITIVE_INTS,
-     "grad_checkpointing": BOOL},
+     "grad_checkpointing": BOOL, "self_conditioning": BOOL, "refiner_depth": NON_NEGATIVE_INT,
+     "refiner_registers": NON_NEGATIVE_INT},
     required=("image_size", "in_channels", "patch_size", "hidden_size", "depth", "num_heads", "text_dim"),
 )
 

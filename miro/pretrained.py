@@ -167,10 +167,13 @@ def load_pretrained(
     return out.to(device)
 
 
-def read_config(path: str | Path) -> dict[str, Any]:
-    """A model directory's checked config.json without building anything: what a command needs to
-    validate its request (reward names) before it pays for loading the model."""
-    root = Path(path)
+def read_config(path: str | Path, revision: str | None = None) -> dict[str, Any]:
+    """A model directory's (or Hub repo id's, resolved as :func:`load_pretrained` does) checked
+    config.json without building anything: what a command needs to validate its request (reward names)
+    before it pays for loading the model."""
+    from miro.hub import resolve_model_dir
+
+    root = resolve_model_dir(path, revision)
     root = root.parent if root.is_file() else root
     if not root.is_dir():
         raise CheckpointError(f"{root}: no such model directory (training exports one to <run dir>/export)")

@@ -239,7 +239,10 @@ def test_evaluator_reuses_images_and_pairs_its_comparisons(checkpoint: Path) -> 
     assert top["mean"] == pytest.approx(res.rewards_at["all targets 10"]["alignment"]["mean"], nan_ok=True)
     assert list(res.benchmark) == ["all targets 10", "alignment 0, others 10"]
     assert res.contrasts["alignment"]["accuracy"]["n"] == 24
-    assert res.sampling == {"guidance": 1.5, "steps": 2, "precision": "fp32"}
+    assert {k: res.sampling[k] for k in ("guidance", "steps", "precision")} == {
+        "guidance": 1.5, "steps": 2, "precision": "fp32"
+    }
+    assert res.sampling["threads"] == torch.get_num_threads() and res.sampling["cpu_kind"]
     assert len(res.best_of_n["tiny"]["alignment"]) == 3
 
 
@@ -262,7 +265,13 @@ def test_miro_eval_writes_json_markdown_and_plots(checkpoint: Path, tmp_path: Pa
     assert set(results["best_of_n"]) == {checkpoint.name, "baseline"}
     assert results["data_range"]["alignment"] == [0.0, 1.0]
     assert {"alignment_accuracy", "alignment", "sharpness"} <= set(results["checks"])
-    assert results["sampling"] == {"guidance": 1.5, "steps": 2, "precision": "bf16"}
+    from miro.utils.hardware import resolve_precision
+
+    # miro-eval's default precision is auto: bf16 only on a CPU that computes it natively
+    expected = resolve_precision("auto", "cpu").name
+    assert {k: results["sampling"][k] for k in ("guidance", "steps", "precision")} == {
+        "guidance": 1.5, "steps": 2, "precision": expected
+    }
     report = (out / "report.md").read_text()
     for heading in ("## Benchmark accuracy", "## Mean rewards", "## Reward control", "## Alignment control",
                     "## Best-of-N", "![reward control](reward_control.png)"):

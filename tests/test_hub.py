@@ -110,7 +110,7 @@ def test_miro_generate_bad_id_is_one_line(cache: Path, tmp_path: Path, capsys) -
     code = generate_cli.main(["--checkpoint", "someone/absent", "--prompt", "a red circle", "--out",
                               str(tmp_path / "o")])
     err = capsys.readouterr().err
-    assert code == 2 and err.startswith("miro-generate: someone/absent: no such local model directory")
+    assert code == 2 and err.startswith("miro-generate: error: someone/absent: no such local model directory")
     assert err.count("\n") == 1
 
 

@@ -86,7 +86,7 @@ def test_the_train_command_stops_with_one_line(scored_shapes: Path, tmp_path: Pa
     proc = subprocess.run([sys.executable, "-m", "miro.train", *args], capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 1, proc.stderr[-2000:]
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("miro.train: error:")]
     assert len(errors) == 1 and "not finite for 2 steps in a row" in errors[0]
     assert "Traceback" not in proc.stderr
 

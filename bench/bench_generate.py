@@ -82,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "generate.md").write_text(
         "# Generation time\n\n"
         f"Measured {results['date']} with `{results['command'].strip()}` (best of {args.repeats}).\n\n"
-        f"Machine: {m['cpu']}, {m['cores']} cores (torch threads {m['torch_threads']}, 1-minute load "
+        f"Machine: {m['cpu']} ({m.get('cpu_kind', 'CPU kind not recorded')}), {m['cores']} cores "
+        f"(torch threads {m['torch_threads']}, 1-minute load "
         f"{m['load_average_1m']}), torch {m['torch']}.\n\n"
         f"Model of experiment `{args.experiment}` at {results['image_size']} px, {args.steps} Euler steps, "
         f"guidance {args.guidance} (two branches in one batched forward), batch {args.batch}.\n\n"

@@ -123,7 +123,8 @@ def markdown(r: dict) -> str:
         f"Measured {r['when']} with `python bench/bench_scoring.py --n {s['n']} --size {s['size']} "
         f"--threads {s['threads']} --batch-size {s['batch_size']}`.",
         "",
-        f"Machine: {m['cpu']}, {m['cores']} cores (torch threads {m['torch_threads']}, 1-minute load "
+        f"Machine: {m['cpu']} ({m.get('cpu_kind', 'CPU kind not recorded')}), {m['cores']} cores "
+        f"(torch threads {m['torch_threads']}, 1-minute load "
         f"{m['load_average_1m']} at the start), Python {m['python']}, torch {m['torch']}.",
         "",
         f"| reward ({s['size']}x{s['size']} images, decoded) | samples/s |",

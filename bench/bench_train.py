@@ -116,7 +116,8 @@ def markdown(r: dict) -> str:
     return (
         "# Training throughput\n\n"
         f"Measured {r['date']} with `{r['command'].strip()}`.\n\n"
-        f"Machine: {m['cpu']}, {m['cores']} cores (torch threads {m['torch_threads']}, 1-minute load "
+        f"Machine: {m['cpu']} ({m.get('cpu_kind', 'CPU kind not recorded')}), {m['cores']} cores "
+        f"(torch threads {m['torch_threads']}, 1-minute load "
         f"{m['load_average_1m']} at the end), Python {m['python']}, torch {m['torch']}"
         + (f", GPU {m['gpu']}" if "gpu" in m else "")
         + ".\n\n"

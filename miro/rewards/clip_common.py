@@ -113,12 +113,24 @@ def _pil_pass(x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     return torch.floor(acc / float(1 << _PIL_PRECISION_BITS)).clamp_(0, 255)
 
 
+def _pil_major() -> int:
+    import PIL
+
+    return int(PIL.__version__.split(".")[0])
+
+
+# Pillow 13 reordered the passes for tall shrinks; the Pillow installed here decides (the app extra's
+# Gradio still needs Pillow < 13, so both occur).
+PIL_VERTICAL_FIRST = _pil_major() >= 13
+
+
 def resize_like_pil(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """Bicubic resize of float [B, C, H, W] grey levels (integers in 0..255) exactly as PIL does it.
 
     Two passes, each rounded to uint8, in Pillow's order (``ImagingResampleInner``): horizontal first,
     unless the height shrinks by more than twice as many pixels as the width does (Pillow 13 then runs
-    the vertical pass first; Pillow releases before that change always went horizontal first). An axis
+    the vertical pass first; Pillow releases before that change always went horizontal first: the
+    installed Pillow's order is used, :data:`PIL_VERTICAL_FIRST`). An axis
     whose size does not change is not resampled.
     """
     dtype = x.dtype
@@ -134,7 +146,7 @@ def resize_like_pil(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
         return _pil_pass(t.transpose(-1, -2), pil_resize_weights(t.shape[-2], height)).transpose(-1, -2)
 
     shrink = in_height - height
-    vertical_first = shrink > 0 and shrink > (in_width - width) * 2
+    vertical_first = PIL_VERTICAL_FIRST and shrink > 0 and shrink > (in_width - width) * 2
     x = horizontal(vertical(x)) if vertical_first else vertical(horizontal(x))
     return x.to(dtype)
 

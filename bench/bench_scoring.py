@@ -31,9 +31,9 @@ REWARDS = ("sharpness", "colorfulness", "compressibility", "alignment")
 
 
 def write_shards(out: Path, n: int, size: int, per_shard: int) -> list[Path]:
-    """Shapes-world shards when miro.data.shapes exists, else simple drawn scenes."""
+    """Shapes-world shards when miro.shapes.scenes exists, else simple drawn scenes."""
     try:
-        from miro.data.shapes import write_shapes_shards
+        from miro.shapes.scenes import write_shapes_shards
     except ImportError:
         write_shapes_shards = None
     if write_shapes_shards is not None:

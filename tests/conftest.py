@@ -10,7 +10,7 @@ import torch
 
 from miro.cli.rewards import MIRO_SEVEN
 from miro.data.bins import fit_from_shards
-from miro.data.shapes import write_shapes_shards
+from miro.shapes.scenes import write_shapes_shards
 from miro.data.shards import atomic_shard_writer, iter_shard
 from miro.scoring import build_rewards, encode_rewards, reward_specs, score_shards
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from miro.data.shapes import (
+from miro.shapes.scenes import (
     BACKGROUND_RGB,
     DEGRADATIONS,
     OBJECT_RGB,
@@ -23,7 +23,7 @@ from miro.data.shapes import (
     render_scene,
     sample_scene,
 )
-from miro.rewards.alignment import AlignmentReward, DetectorConfig, detect_objects, shape_features
+from miro.shapes.alignment import AlignmentReward, DetectorConfig, detect_objects, shape_features
 from miro.rewards.base import build_reward, resolve_name
 
 

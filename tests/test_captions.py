@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from miro.data.captions import (
+from miro.shapes.captions import (
     COLOURS,
     RELATIONS,
     SHAPES,
@@ -24,7 +24,7 @@ from miro.data.captions import (
     relation_holds,
     render_caption,
 )
-from miro.data.shapes import ShapeObject, sample_scene
+from miro.shapes.scenes import ShapeObject, sample_scene
 
 
 def obj(shape: str, colour: str, x: float, y: float) -> ShapeObject:

@@ -503,7 +503,7 @@ def test_bins_file_that_is_not_json_or_too_deep(tmp_path):
     ],
 )
 def test_miro_data_shapes_refuses_absurd_sizes_and_counts(tmp_path, capsys, args, message):
-    from miro.cli.data import main
+    from miro.shapes.cli import main
 
     assert main(["shapes", "--out", str(tmp_path / "out"), *args]) == 2
     err = capsys.readouterr().err.strip().splitlines()

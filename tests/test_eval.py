@@ -15,9 +15,9 @@ from PIL import Image
 from tiny_models import export_tiny_model
 
 from miro.cli.eval import main
-from miro.data.captions import COLOURS, SHAPES, CaptionSpec, parse_spec, render_caption
-from miro.data.shapes import Scene, ShapeObject, render_scene
-from miro.eval.benchmark import CATEGORIES, BenchmarkPrompt, benchmark_prompts, score_benchmark
+from miro.shapes.captions import COLOURS, SHAPES, CaptionSpec, parse_spec, render_caption
+from miro.shapes.scenes import Scene, ShapeObject, render_scene
+from miro.shapes.benchmark import CATEGORIES, BenchmarkPrompt, benchmark_prompts, score_benchmark
 from miro.eval.runner import (
     EvalResults,
     EvalSettings,
@@ -27,7 +27,7 @@ from miro.eval.runner import (
     paired_difference,
 )
 from miro.pipeline import MODEL_DEFAULT, MiroPipeline
-from miro.rewards.alignment import AlignmentReward
+from miro.shapes.alignment import AlignmentReward
 
 # -- rendering the scene a prompt describes, or a scene that gets one thing wrong ------------------------
 

@@ -217,7 +217,7 @@ def test_a_prompt_the_reward_cannot_judge_is_named(export: Path) -> None:
 
 
 def test_prompt_pool_excludes_evaluation_prompts_and_batches_depend_only_on_the_step(tmp_path: Path) -> None:
-    from miro.eval.benchmark import benchmark_prompts
+    from miro.shapes.benchmark import benchmark_prompts
 
     pool = training_prompts(benchmark_seed=1, per_category=16)
     assert not set(pool) & {p.prompt for p in benchmark_prompts(16, 0)}

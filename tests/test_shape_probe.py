@@ -1,4 +1,4 @@
-"""The shape probe (miro.eval.shape_probe): what docs/demo.md's diagnosis of the demo's blobs rests on."""
+"""The shape probe (miro.shapes.probe): what docs/demo.md's diagnosis of the demo's blobs rests on."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import torch
 from tiny_models import export_tiny_model
 from torch import nn
 
-from miro.data.captions import COLOURS, SHAPES
-from miro.data.shapes import Scene, ShapeObject, render_scene
-from miro.eval.shape_probe import caption_swap_losses, main, shape_accuracy, single_object_scenes
+from miro.shapes.captions import COLOURS, SHAPES
+from miro.shapes.scenes import Scene, ShapeObject, render_scene
+from miro.shapes.probe import caption_swap_losses, main, shape_accuracy, single_object_scenes
 from miro.pipeline import MiroPipeline
 
 

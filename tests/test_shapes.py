@@ -12,9 +12,9 @@ import pytest
 import webdataset as wds
 from PIL import Image
 
-from miro.cli.data import main as data_main
-from miro.data.captions import facts_of, fraction_true, parse_caption, parse_spec
-from miro.data.shapes import (
+from miro.shapes.cli import main as data_main
+from miro.shapes.captions import facts_of, fraction_true, parse_caption, parse_spec
+from miro.shapes.scenes import (
     BACKGROUND_RGB,
     DEGRADATIONS,
     OBJECT_RGB,

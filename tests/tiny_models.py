@@ -11,7 +11,7 @@ import torch
 from conftest import OFFLINE_REWARDS
 
 from miro.data.bins import RewardBins
-from miro.data.captions import vocabulary
+from miro.shapes.captions import vocabulary
 from miro.models.dit import MiroDiT
 from miro.models.text import WordTextEncoder
 from miro.pretrained import save_pretrained

@@ -214,7 +214,7 @@ class Study:
         root = Path(d.dir)
         done = root / "bins.json"
         shapes = self._module(
-            "miro.cli.data", "shapes", "--out", root / "shards", "--n", d.n, "--size", d.size,
+            "miro.shapes.cli", "shapes", "--out", root / "shards", "--n", d.n, "--size", d.size,
             "--max-objects", d.max_objects, "--object-size", *d.object_size, "--seed", d.seed,
             "--workers", d.workers,
         )  # fmt: skip

@@ -28,18 +28,8 @@ _ALIASES: dict[str, str] = {}
 # Each imports its heavy dependency (open_clip, transformers) only when a model is built.
 _BUILTIN_MODULES = tuple(
     f"miro.rewards.{m}"
-    for m in (
-        "offline",
-        "alignment",
-        "aesthetic",
-        "hps",
-        "imagereward",
-        "pick",
-        "vqa",
-        "jina_clip",
-        "sci",
-    )
-)
+    for m in ("offline", "aesthetic", "hps", "imagereward", "pick", "vqa", "jina_clip", "sci")
+) + ("miro.shapes.alignment",)
 
 
 class UnknownRewardError(KeyError):

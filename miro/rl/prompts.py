@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from miro.data.datamodule import step_seed
 from miro.data.prompt_file import read_prompt_file
-from miro.eval.benchmark import benchmark_prompts
+from miro.shapes.benchmark import benchmark_prompts
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from miro.data.captions import COLOURS, SHAPES, CaptionSpec, Phrase, render_caption
+from miro.shapes.captions import COLOURS, SHAPES, CaptionSpec, Phrase, render_caption
 
 CATEGORIES: tuple[str, ...] = ("single_object", "two_object", "counting", "colors", "color_attr", "position")
 RELATIONS = ("above", "below", "left of", "right of")

@@ -12,7 +12,7 @@ long before the shapes, so the shape needs its own numbers:
   another. A model that draws outlines from the shape word loses much when the word is wrong; one that
   ignores the word loses nothing. Per flow time t, because the outline is decided at high t.
 
-    python -m miro.eval.shape_probe --checkpoint demo/train/shapes/export [--out probe.json]
+    python -m miro.shapes.probe --checkpoint demo/train/shapes/export [--out probe.json]
 """
 
 from __future__ import annotations
@@ -28,14 +28,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from miro.data.captions import COLOURS, SHAPES
+from miro.shapes.captions import COLOURS, SHAPES
 from miro.data.samples import to_model_range
-from miro.data.shapes import render_scene, sample_scene
+from miro.shapes.scenes import render_scene, sample_scene
 from miro.data.shards import write_bytes_atomic
 from miro.flow.path import flow_loss, interpolate
 from miro.pipeline import PRECISIONS, MiroPipeline
 from miro.pretrained import CheckpointError
-from miro.rewards.alignment import detect_objects
+from miro.shapes.alignment import detect_objects
 
 # images uint8 [B, 3, H, W] for (prompts, seeds)
 Generate = Callable[[list[str], list[int]], torch.Tensor]

@@ -2,7 +2,7 @@
 
 It stands in for a web-scale image-text corpus so the whole MIRO pipeline runs on a CPU in minutes,
 while keeping what matters for reward conditioning: captions that a program can check
-(:mod:`miro.rewards.alignment`), a share of degraded images (blur, noise, low contrast, JPEG
+(:mod:`miro.shapes.alignment`), a share of degraded images (blur, noise, low contrast, JPEG
 artefacts, colour casts) for the quality rewards to find, and a share of captions that disagree with
 their image, so that "how well does the image match the text" genuinely varies across the data.
 
@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from miro.data.captions import (
+from miro.shapes.captions import (
     COLOURS,
     OPPOSITE_RELATION,
     SHAPES,
@@ -217,7 +217,7 @@ def render_scene(scene: Scene, size: int, supersample: int = 4) -> Image.Image:
 
 
 def caption_for(scene: Scene, rng: np.random.Generator) -> str:
-    """A caption that is true of the clean scene (see :func:`miro.data.captions.describe_objects`)."""
+    """A caption that is true of the clean scene (see :func:`miro.shapes.captions.describe_objects`)."""
     return render_caption(describe_objects(scene.objects, rng))
 
 

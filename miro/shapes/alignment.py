@@ -2,7 +2,7 @@
 
 A programmatic stand-in for GenEval-style detectors: a small deterministic detector finds coloured
 shapes in the pixels, the caption is parsed into facts with the shapes grammar
-(:mod:`miro.data.captions`), and the score is the fraction of those facts that hold. It reads nothing
+(:mod:`miro.shapes.captions`), and the score is the fraction of those facts that hold. It reads nothing
 but pixels and caption, so it scores generated images exactly as it scores the training data.
 
 The detector has to tolerate what small generators and web-like degradations produce (blur, noise,
@@ -40,8 +40,8 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from miro.data.captions import COLOURS, CaptionParseError, Fact, fraction_true, parse_caption
-from miro.data.shapes import OBJECT_RGB
+from miro.shapes.captions import COLOURS, CaptionParseError, Fact, fraction_true, parse_caption
+from miro.shapes.scenes import OBJECT_RGB
 from miro.rewards.base import RewardModel, register_reward
 
 log = logging.getLogger(__name__)

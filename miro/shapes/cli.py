@@ -9,7 +9,7 @@ from pathlib import Path
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from miro.data.shapes import (
+from miro.shapes.scenes import (
     MAX_OBJECTS,
     SPEC_FILE,
     SceneError,

@@ -22,8 +22,8 @@ import torch
 
 from miro.config import compose_config
 from miro.data.bins import fit_from_shards
-from miro.shapes.scenes import write_shapes_shards
 from miro.scoring import build_rewards, reward_specs, score_shards
+from miro.shapes.scenes import write_shapes_shards
 from miro.train import build
 from miro.utils.machine import machine
 

@@ -10,9 +10,9 @@ import torch
 
 from miro.cli.rewards import MIRO_SEVEN
 from miro.data.bins import fit_from_shards
-from miro.shapes.scenes import write_shapes_shards
 from miro.data.shards import atomic_shard_writer, iter_shard
 from miro.scoring import build_rewards, encode_rewards, reward_specs, score_shards
+from miro.shapes.scenes import write_shapes_shards
 
 # The test models are tiny: one thread is as fast as two, and immune to the stalls of OpenMP threads
 # that wait for each other on a busy machine (measured 70x slower training steps under load).

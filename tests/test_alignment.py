@@ -11,6 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
+from miro.rewards.base import build_reward, resolve_name
+from miro.shapes.alignment import AlignmentReward, DetectorConfig, detect_objects, shape_features
 from miro.shapes.scenes import (
     BACKGROUND_RGB,
     DEGRADATIONS,
@@ -23,8 +25,6 @@ from miro.shapes.scenes import (
     render_scene,
     sample_scene,
 )
-from miro.shapes.alignment import AlignmentReward, DetectorConfig, detect_objects, shape_features
-from miro.rewards.base import build_reward, resolve_name
 
 
 @pytest.fixture(scope="module")

@@ -15,9 +15,6 @@ from PIL import Image
 from tiny_models import export_tiny_model
 
 from miro.cli.eval import main
-from miro.shapes.captions import COLOURS, SHAPES, CaptionSpec, parse_spec, render_caption
-from miro.shapes.scenes import Scene, ShapeObject, render_scene
-from miro.shapes.benchmark import CATEGORIES, BenchmarkPrompt, benchmark_prompts, score_benchmark
 from miro.eval.runner import (
     EvalResults,
     EvalSettings,
@@ -28,6 +25,9 @@ from miro.eval.runner import (
 )
 from miro.pipeline import MODEL_DEFAULT, MiroPipeline
 from miro.shapes.alignment import AlignmentReward
+from miro.shapes.benchmark import CATEGORIES, BenchmarkPrompt, benchmark_prompts, score_benchmark
+from miro.shapes.captions import COLOURS, SHAPES, CaptionSpec, parse_spec, render_caption
+from miro.shapes.scenes import Scene, ShapeObject, render_scene
 
 # -- rendering the scene a prompt describes, or a scene that gets one thing wrong ------------------------
 

@@ -11,10 +11,10 @@ import torch
 from tiny_models import export_tiny_model
 from torch import nn
 
-from miro.shapes.captions import COLOURS, SHAPES
-from miro.shapes.scenes import Scene, ShapeObject, render_scene
-from miro.shapes.probe import caption_swap_losses, main, shape_accuracy, single_object_scenes
 from miro.pipeline import MiroPipeline
+from miro.shapes.captions import COLOURS, SHAPES
+from miro.shapes.probe import caption_swap_losses, main, shape_accuracy, single_object_scenes
+from miro.shapes.scenes import Scene, ShapeObject, render_scene
 
 
 def _renderer(shape_of: dict[str, str]):

@@ -12,8 +12,9 @@ import pytest
 import webdataset as wds
 from PIL import Image
 
-from miro.shapes.cli import main as data_main
+from miro.data.shards import encode_jpeg, iter_shard
 from miro.shapes.captions import facts_of, fraction_true, parse_caption, parse_spec
+from miro.shapes.cli import main as data_main
 from miro.shapes.scenes import (
     BACKGROUND_RGB,
     DEGRADATIONS,
@@ -29,7 +30,6 @@ from miro.shapes.scenes import (
     sample_scene,
     write_shapes_shards,
 )
-from miro.data.shards import encode_jpeg, iter_shard
 
 
 def _separation(a: ShapeObject, b: ShapeObject) -> float:

@@ -11,10 +11,10 @@ import torch
 from conftest import OFFLINE_REWARDS
 
 from miro.data.bins import RewardBins
-from miro.shapes.captions import vocabulary
 from miro.models.dit import MiroDiT
 from miro.models.text import WordTextEncoder
 from miro.pretrained import save_pretrained
+from miro.shapes.captions import vocabulary
 
 TEXT_CONFIG = {"_target_": "miro.models.text.WordTextEncoder", "dim": 16, "depth": 1, "num_heads": 2}
 SAMPLING = {"guidance": 1.5, "steps": 3, "shift": 1.0}

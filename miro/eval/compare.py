@@ -22,8 +22,8 @@ from typing import Any
 import torch
 
 from miro.data.shards import write_bytes_atomic
-from miro.shapes.benchmark import all_facts_hold
 from miro.eval.runner import TOP_CONDITION, paired_difference
+from miro.shapes.benchmark import all_facts_hold
 
 SETTINGS_THAT_MUST_MATCH = ("per_category", "samples_per_prompt", "seed")
 

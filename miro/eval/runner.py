@@ -25,9 +25,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from miro.shapes.benchmark import BenchmarkPrompt, all_facts_hold, benchmark_prompts, score_benchmark
 from miro.pipeline import MODEL_DEFAULT, TARGET_MAX, MiroPipeline, canonical_reward_name, parse_reward_spec
 from miro.rewards.base import RewardModel
+from miro.shapes.benchmark import BenchmarkPrompt, all_facts_hold, benchmark_prompts, score_benchmark
 from miro.utils.hardware import cpu_info
 
 log = logging.getLogger(__name__)

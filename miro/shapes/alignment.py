@@ -40,9 +40,9 @@ import numpy as np
 import torch
 from scipy import ndimage
 
+from miro.rewards.base import RewardModel, register_reward
 from miro.shapes.captions import COLOURS, CaptionParseError, Fact, fraction_true, parse_caption
 from miro.shapes.scenes import OBJECT_RGB
-from miro.rewards.base import RewardModel, register_reward
 
 log = logging.getLogger(__name__)
 

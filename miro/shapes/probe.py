@@ -28,14 +28,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from miro.shapes.captions import COLOURS, SHAPES
 from miro.data.samples import to_model_range
-from miro.shapes.scenes import render_scene, sample_scene
 from miro.data.shards import write_bytes_atomic
 from miro.flow.path import flow_loss, interpolate
 from miro.pipeline import PRECISIONS, MiroPipeline
 from miro.pretrained import CheckpointError
 from miro.shapes.alignment import detect_objects
+from miro.shapes.captions import COLOURS, SHAPES
+from miro.shapes.scenes import render_scene, sample_scene
 
 # images uint8 [B, 3, H, W] for (prompts, seeds)
 Generate = Callable[[list[str], list[int]], torch.Tensor]

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from miro.data.shards import atomic_shard_writer, encode_jpeg, write_bytes_atomic
 from miro.shapes.captions import (
     COLOURS,
     OPPOSITE_RELATION,
@@ -37,7 +38,6 @@ from miro.shapes.captions import (
     fraction_true,
     render_caption,
 )
-from miro.data.shards import atomic_shard_writer, encode_jpeg, write_bytes_atomic
 
 log = logging.getLogger(__name__)
 

@@ -17,6 +17,8 @@ from typing import Any
 
 import torch
 
+from miro.utils.hardware import parse_threads
+
 
 class InputError(ValueError):
     """A bad command-line value or config field; the message names it (``--device``, ``data.batch_size``)."""
@@ -74,9 +76,10 @@ def check_int(value: Any, field: str, minimum: int = 1, allow_none: bool = False
 
 def check_threads(value: Any, field: str = "threads") -> None:
     """``threads``: auto / null (miro.utils.hardware picks) or a positive integer."""
-    if isinstance(value, str) and value.strip().lower() == "auto":
-        return
-    check_int(value, field, minimum=1, allow_none=True)
+    try:
+        parse_threads(value)
+    except ValueError:
+        raise InputError(f"{field} must be a positive integer or auto, got {value!r}") from None
 
 
 def check_guidance(value: float | None, field: str = "--guidance") -> float | None:

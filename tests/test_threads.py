@@ -52,3 +52,28 @@ def test_a_bad_thread_count_is_a_usage_error(tmp_path: Path, capsys: pytest.Capt
     with pytest.raises(SystemExit) as info:
         generate_cli.main(["--checkpoint", "x", "--prompt", "x", "--threads", "0", "--out", str(tmp_path)])
     assert info.value.code == 2 and "--threads: must be a positive integer or auto" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("value", [0, -1, "0", "two", 1.5, True, "", [2]])
+def test_every_entry_point_rejects_the_same_threads_values(value: object) -> None:
+    """One parser behind argparse, the config check and the chooser: they accept and reject alike."""
+    import argparse
+
+    from miro.checks import InputError, check_threads
+    from miro.cli import threads_arg
+    from miro.utils.hardware import choose_threads
+
+    with pytest.raises(ValueError, match="positive integer or auto"):
+        choose_threads(value, cores=2, busy=0.0, omp_env=None)  # type: ignore[arg-type]
+    with pytest.raises(InputError, match="threads must be a positive integer or auto"):
+        check_threads(value)
+    if isinstance(value, str):
+        with pytest.raises(argparse.ArgumentTypeError):
+            threads_arg(value)
+
+
+@pytest.mark.parametrize(("value", "expected"), [("auto", "auto"), (None, "auto"), ("null", "auto"), (3, 3), ("2", 2)])
+def test_threads_parser_accepts_auto_and_positive_integers(value: object, expected: object) -> None:
+    from miro.utils.hardware import parse_threads
+
+    assert parse_threads(value) == expected  # type: ignore[arg-type]

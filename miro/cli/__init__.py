@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from miro.utils.hardware import parse_threads
+
 THREADS_HELP = (
     "torch CPU threads: a number, or auto (default: one per core that other processes are not using at "
     "start-up, or OMP_NUM_THREADS; two threads on a busy 2-core box stall)"
@@ -18,12 +20,7 @@ PRECISION_HELP = (
 def threads_arg(value: str) -> int | str:
     """argparse type of ``--threads``: ``auto`` or a positive integer, or argparse's own one-line usage
     error."""
-    if value.strip().lower() == "auto":
-        return "auto"
     try:
-        threads = int(value)
+        return parse_threads(value)
     except ValueError:
-        threads = 0
-    if threads < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer or auto, got {value!r}")
-    return threads
+        raise argparse.ArgumentTypeError(f"must be a positive integer or auto, got {value!r}") from None

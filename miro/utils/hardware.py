@@ -179,6 +179,23 @@ class ThreadsChoice:
     reason: str
 
 
+def parse_threads(value: int | str | None) -> int | str:
+    """A ``threads`` setting as given on a command line or in a config: ``"auto"`` (also None / "null",
+    a config's unset value) or a positive integer. The one parser every entry point uses; anything else
+    is a ValueError with the one message they all print."""
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("auto", "null")):
+        return "auto"
+    if isinstance(value, bool):
+        raise ValueError(f"threads must be a positive integer or auto, got {value!r}")
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"threads must be a positive integer or auto, got {value!r}") from None
+    if n < 1 or (isinstance(value, float) and value != n):
+        raise ValueError(f"threads must be a positive integer or auto, got {value!r}")
+    return n
+
+
 def choose_threads(
     requested: int | str | None, cores: int, busy: float, omp_env: str | None
 ) -> ThreadsChoice:
@@ -188,14 +205,9 @@ def choose_threads(
     using (``busy`` cores in use, rounded to the nearest core), at least one. On a 2-core box with another
     job running this is 1, which stays fast where 2 would stall in OpenMP barriers.
     """
-    if requested not in (None, "auto", "null"):
-        try:
-            n = int(requested)
-        except (TypeError, ValueError):
-            raise ValueError(f"threads must be a positive integer or auto, got {requested!r}") from None
-        if n < 1:
-            raise ValueError(f"threads must be a positive integer or auto, got {requested!r}")
-        return ThreadsChoice(n, str(requested), "asked for")
+    parsed = parse_threads(requested)
+    if parsed != "auto":
+        return ThreadsChoice(parsed, str(requested), "asked for")
     if omp_env and omp_env.strip().isdigit() and int(omp_env) > 0:
         return ThreadsChoice(int(omp_env), "auto", "OMP_NUM_THREADS")
     free = cores - int(busy + 0.5)

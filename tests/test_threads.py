@@ -72,7 +72,9 @@ def test_every_entry_point_rejects_the_same_threads_values(value: object) -> Non
             threads_arg(value)
 
 
-@pytest.mark.parametrize(("value", "expected"), [("auto", "auto"), (None, "auto"), ("null", "auto"), (3, 3), ("2", 2)])
+@pytest.mark.parametrize(
+    ("value", "expected"), [("auto", "auto"), (None, "auto"), ("null", "auto"), (3, 3), ("2", 2)]
+)
 def test_threads_parser_accepts_auto_and_positive_integers(value: object, expected: object) -> None:
     from miro.utils.hardware import parse_threads
 

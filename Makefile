@@ -33,7 +33,7 @@ DEMO_STEPS ?= $(shell echo $$(( $(DEMO_MINUTES) * $(STEPS_PER_MINUTE) )))
 PROMPTS ?= conf/prompts/shapes_demo.txt
 ARGS ?=
 
-.PHONY: setup lock test test-slow test-app app app-deps lint data caption-shards score-shards fit-bins cache-latents train samples eval demo grpo grpo-study report bench bench-gpu clean-demo parity
+.PHONY: setup lock test test-slow test-app app app-deps app-screenshot lint data caption-shards score-shards fit-bins cache-latents train samples eval demo grpo grpo-study report bench bench-gpu clean-demo parity
 
 # Every package but torch is installed at the version constraints.txt pins (make lock regenerates it).
 CONSTRAINTS ?= constraints.txt
@@ -74,6 +74,11 @@ app: app-deps
 	@if [ "$(CHECKPOINT)" = "$(RUN_DIR)/export" ] && [ ! -f "$(CHECKPOINT)/config.json" ]; then \
 		echo "make app: no model at $(CHECKPOINT): run make demo first (or make app CHECKPOINT=owner/name)"; exit 2; fi
 	$(VENV)/bin/miro-app --checkpoint $(CHECKPOINT) --port $(APP_PORT) $(ARGS)
+
+# The README's screenshot (docs/app.png) of the app serving a trained model (default: make demo's export).
+app-screenshot: app-deps
+	@test -x $(CHROMIUM) || { echo "make app-screenshot: no browser at $(CHROMIUM): apt-get install chromium"; exit 2; }
+	$(PY) tools/app_screenshot.py --checkpoint $(CHECKPOINT) --chromium $(CHROMIUM) --out docs/app.png $(ARGS)
 
 test-app: app-deps
 	@test -x $(CHROMIUM) || { echo "make test-app: no browser at $(CHROMIUM): apt-get install chromium"; exit 2; }

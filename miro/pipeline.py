@@ -31,7 +31,7 @@ from torch import nn
 from miro.flow.guidance import GuidanceSchedule, guided_velocity_fn, snap_to_level
 from miro.flow.sampling import VelocityFn, sample_euler
 from miro.pretrained import Pretrained, load_pretrained
-from miro.utils.hardware import PRECISION_CHOICES, resolve_precision
+from miro.utils.hardware import PRECISION_CHOICES, keep_threads_fitting, resolve_precision
 
 TARGET_MAX = 10.0
 # Used only for an export whose config has no "sampling" section (training always writes one).
@@ -445,6 +445,7 @@ class MiroPipeline:
         if output not in ("pil", "tensor"):
             raise ValueError(f"output must be 'pil' or 'tensor', got {output!r}")
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        keep_threads_fitting()  # threads=auto follows the machine's load between calls (a long evaluation)
         names = self.reward_names
         used = self.resolve(rewards, negative_rewards, push, negative_prompt, guidance, steps,
                             guidance_interval, guidance_ramp, snap)

@@ -26,6 +26,7 @@ from miro.config import (
 )
 from miro.lit.interrupt import CheckpointOnSigterm, fit_or_exit, fresh_run_dir
 from miro.lit.module import NonFiniteTrainingError
+from miro.lit.threads import KeepThreadsFitting
 from miro.usage import USAGE_EXIT_CODE, usage_errors
 
 log = logging.getLogger("miro.train")
@@ -46,7 +47,7 @@ def build(cfg: DictConfig) -> tuple[L.LightningModule, L.LightningDataModule, L.
     )
     # Always there, whatever the callbacks group says: a SIGTERM'd run must leave a resumable checkpoint.
     sigterm = CheckpointOnSigterm(Path(cfg.paths.output_dir) / "checkpoints")
-    callbacks = [*instantiate_group(cfg, "callbacks"), sigterm]
+    callbacks = [*instantiate_group(cfg, "callbacks"), sigterm, KeepThreadsFitting()]
     loggers = instantiate_group(cfg, "logger")
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     return module, datamodule, trainer

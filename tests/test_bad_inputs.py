@@ -111,7 +111,9 @@ CASES: dict[str, tuple[str, list[str], str, bool]] = {
     "eval-steps-zero": ("miro-eval", [*E, "--steps", "0"], "--steps must be at least 1", True),
     "eval-threads-zero": ("miro-eval", [*E, "--threads", "0"], "argument --threads", True),
     # python -m miro.train
-    "train-threads-zero": ("miro.train", [*T, "threads=0"], "threads must be a positive integer or auto", True),
+    "train-threads-zero": (
+        "miro.train", [*T, "threads=0"], "threads must be a positive integer or auto", True
+    ),
     "train-batch-size-zero": ("miro.train", [*T, "data.batch_size=0"], "data.batch_size must be", True),
     "train-batch-size-negative": ("miro.train", [*T, "data.batch_size=-4"], "got -4", True),
     "train-max-steps-zero": ("miro.train", [*T, "trainer.max_steps=0"], "trainer.max_steps must be", True),

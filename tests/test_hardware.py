@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -111,3 +112,92 @@ def test_training_config_resolves_auto_and_records_it(
         assert (rl.module.precision, rl.trainer.precision) == ("fp32", "32-true")
     finally:
         torch.set_num_threads(before)
+
+
+def test_others_busy_subtracts_this_process() -> None:
+    from miro.utils.hardware import CpuSample, others_busy
+
+    # 2 cores, 1 s elapsed = 200 ticks at 100 Hz; 180 ticks busy, of which this process used 1.2 s.
+    first, second = CpuSample(1000, 400, 5.0), CpuSample(1200, 580, 6.2)
+    assert others_busy(first, second, cores=2, ticks_per_second=100) == pytest.approx(2 * (180 - 120) / 200)
+    assert others_busy(first, CpuSample(1200, 500, 7.0), cores=2, ticks_per_second=100) == 0.0  # never < 0
+    assert others_busy(first, first, cores=2, ticks_per_second=100) == 0.0
+
+
+class _FakeMachine:
+    """/proc/stat and a clock for the governor: ``others`` cores busy with other processes and ``own``
+    cores' worth of this process's time per second that passes."""
+
+    def __init__(self) -> None:
+        self.t, self.total, self.busy, self.own_s = 0.0, 0, 0, 0.0
+        self.others, self.own = 0.0, 2.0
+        self.set_to: list[int] = []
+
+    def advance(self, seconds: float) -> None:
+        self.t += seconds
+        self.total += int(2 * 100 * seconds)
+        self.busy += int(100 * seconds * min(2.0, self.others + self.own))
+        self.own_s += seconds * self.own
+
+    def sample(self):
+        from miro.utils.hardware import CpuSample
+
+        return CpuSample(self.total, self.busy, self.own_s)
+
+
+def test_thread_governor_follows_other_jobs_down_and_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    from miro.utils.hardware import ThreadGovernor
+
+    monkeypatch.setattr("miro.utils.hardware._ticks_per_second", lambda: 100.0)
+    m = _FakeMachine()
+    gov = ThreadGovernor(
+        2, 2, interval_s=5.0, sample=m.sample, clock=lambda: m.t, set_threads=m.set_to.append
+    )
+    m.advance(6)
+    assert gov.poll() is None and m.set_to == []  # alone on the box: keeps 2
+    m.others, m.own = 1.0, 1.0  # another job arrives and takes a core
+    m.advance(2)
+    assert gov.poll() is None  # not yet: polled at most every interval_s
+    m.advance(4)
+    assert gov.poll() == 1 and m.set_to == [1] and gov.threads == 1
+    m.advance(6)
+    assert gov.poll() is None  # still busy: stays at 1
+    m.others = 0.0  # the other job ends
+    m.advance(6)
+    assert gov.poll() == 2 and m.set_to == [1, 2]
+    assert [threads for threads, _ in gov.changes] == [1, 2]
+
+
+def test_only_measured_auto_threads_are_governed(monkeypatch: pytest.MonkeyPatch) -> None:
+    from miro.utils import hardware
+
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.setattr(hardware, "busy_cores", lambda window_s=0.25: 0.0)
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+        hardware.apply_threads("auto")
+        assert hardware._governor is not None
+        hardware.apply_threads(1)  # asked for: never changed behind the user's back
+        assert hardware._governor is None and hardware.keep_threads_fitting() is None
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")
+        hardware.apply_threads("auto")
+        assert hardware._governor is None
+    finally:
+        torch.set_num_threads(before)
+        hardware._governor = None
+
+
+def test_a_busy_child_process_counts_as_another_job() -> None:
+    """The real counters: a process spinning on one core for a second shows as (at least half) a busy core."""
+    import subprocess
+    import sys
+
+    from miro.utils.hardware import _ticks_per_second, cpu_sample, others_busy
+
+    first = cpu_sample()
+    if first is None:
+        pytest.skip("no /proc/stat on this system")
+    spin = "import time\nend = time.time() + 1.0\nwhile time.time() < end: pass"
+    subprocess.run([sys.executable, "-c", spin], check=True)
+    busy = others_busy(first, cpu_sample(), os.cpu_count() or 1, _ticks_per_second())
+    assert busy >= 0.5

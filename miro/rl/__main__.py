@@ -24,6 +24,7 @@ from miro.config import (
     write_compute_record,
 )
 from miro.lit.interrupt import CheckpointOnSigterm, fit_or_exit, fresh_run_dir
+from miro.lit.threads import KeepThreadsFitting
 from miro.rl.module import parse_reward_weights, updates_per_iteration
 from miro.scoring import reward_specs
 from miro.usage import USAGE_EXIT_CODE, usage_errors
@@ -51,7 +52,7 @@ def build(cfg: DictConfig) -> tuple[L.LightningModule, L.LightningDataModule, L.
             cfg.callbacks.checkpoint.every_n_train_steps = updates * int(cfg.checkpoint_every)
     # Always there, whatever the callbacks group says: a SIGTERM'd run must leave a resumable checkpoint.
     sigterm = CheckpointOnSigterm(Path(cfg.paths.output_dir) / "checkpoints")
-    callbacks = [*instantiate_group(cfg, "callbacks"), sigterm]
+    callbacks = [*instantiate_group(cfg, "callbacks"), sigterm, KeepThreadsFitting()]
     loggers = instantiate_group(cfg, "logger")
     # The trainer's steps (checkpoints, logs, the stopping rule) count optimiser updates; an "epoch" of
     # `iterations` prompt batches makes the progress bar count iterations.

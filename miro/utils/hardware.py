@@ -10,7 +10,8 @@ Two measured facts make these choices matter (docs/machines.md):
   emulated on a bigger one), and ARM CPUs with the BF16 extension. Everything else gets fp32.
 * **Two torch threads on a busy 2-core box stall** in OpenMP barriers (one fp32 generation: 35 s with 2
   threads, 0.54 s with 1). ``threads=auto`` looks at how busy the machine is when the command starts and
-  leaves out the cores other processes are using (bench/results/threads.md has the options measured).
+  leaves out the cores other processes are using (bench/results/threads.md has the options measured), and
+  keeps doing so while it runs (:class:`ThreadGovernor`): a job that arrives later lowers the count.
 
 Explicit choices (``precision=bf16``, ``threads=2``, ``OMP_NUM_THREADS``) always win; the choice and the
 reason are printed and stored with the run (:func:`compute_record`).
@@ -149,27 +150,16 @@ def resolve_precision(
 
 
 def busy_cores(window_s: float = 0.25) -> float:
-    """Cores other processes keep busy right now: /proc/stat's non-idle time over ``window_s`` seconds
-    (this process sleeps meanwhile, so it is all somebody else's), else the 1-minute load average."""
-
-    def totals() -> tuple[int, int] | None:
-        try:
-            fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
-        except (OSError, IndexError):
-            return None
-        values = [int(v) for v in fields[:8]]
-        idle = values[3] + values[4]  # idle + iowait
-        return sum(values), idle
-
-    first = totals()
+    """Cores other processes keep busy right now: /proc/stat's non-idle time over ``window_s`` seconds,
+    less this process's own (:func:`others_busy`), else the 1-minute load average."""
+    first = cpu_sample()
     if first is None:
         return os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
     time.sleep(window_s)
-    second = totals()
-    total, idle = second[0] - first[0], second[1] - first[1]
-    if total <= 0:
+    second = cpu_sample()
+    if second is None:
         return 0.0
-    return (os.cpu_count() or 1) * (total - idle) / total
+    return others_busy(first, second, os.cpu_count() or 1, _ticks_per_second())
 
 
 @dataclass(frozen=True)
@@ -228,10 +218,116 @@ def resolve_threads(requested: int | str | None = None) -> ThreadsChoice:
 
 
 def apply_threads(requested: int | str | None = None) -> ThreadsChoice:
-    """Resolve and pin torch's intra-op threads; returns the choice so the caller can print and record it."""
+    """Resolve and pin torch's intra-op threads; returns the choice so the caller can print and record it.
+
+    An ``auto`` choice made by measuring the load (not one asked for, not OMP_NUM_THREADS) is also kept
+    fitting while the command runs: :func:`keep_threads_fitting` is then polled by the long loops."""
+    global _governor
     choice = resolve_threads(requested)
     torch.set_num_threads(choice.threads)
+    measured = choice.requested == "auto" and choice.reason != "OMP_NUM_THREADS"
+    _governor = ThreadGovernor(os.cpu_count() or 1, choice.threads) if measured else None
     return choice
+
+
+@dataclass(frozen=True)
+class CpuSample:
+    """One reading of the machine's CPU counters: all cores' total and non-idle time (/proc/stat, in
+    clock ticks) and this process's own CPU time (seconds, every thread), so that what *other* processes
+    use between two readings is their difference."""
+
+    total_ticks: int
+    busy_ticks: int
+    own_seconds: float
+
+
+def cpu_sample() -> CpuSample | None:
+    """Now's :class:`CpuSample`; None where /proc/stat cannot be read (not Linux)."""
+    try:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    except (OSError, IndexError):
+        return None
+    values = [int(v) for v in fields[:8]]
+    idle = values[3] + values[4]  # idle + iowait
+    return CpuSample(sum(values), sum(values) - idle, time.process_time())
+
+
+def others_busy(first: CpuSample, second: CpuSample, cores: int, ticks_per_second: float) -> float:
+    """Cores other processes kept busy between two samples: the machine's busy time minus this process's
+    own, over the elapsed time of all cores."""
+    total = second.total_ticks - first.total_ticks
+    if total <= 0:
+        return 0.0
+    own_ticks = (second.own_seconds - first.own_seconds) * ticks_per_second
+    others = (second.busy_ticks - first.busy_ticks) - own_ticks
+    return max(0.0, cores * others / total)
+
+
+class ThreadGovernor:
+    """Keeps an ``auto`` thread count fitting the cores other processes leave free, while a job runs.
+
+    The start-up check alone is not enough on a shared box: a training run that started on an idle 2-core
+    machine with 2 threads and was joined a minute later by another job ran at 2.7 s a step instead of
+    about 0.15 s (the second thread waits in OpenMP barriers for a core it does not get). Polled from the
+    job's own loop (a training step, a generation call), at most every ``interval_s`` seconds, it
+    re-measures what other processes used since the last poll and sets torch's threads to the cores they
+    leave free (the start-up rule, :func:`choose_threads`), down when a job arrives and back up when it
+    leaves. It must run on the thread that computes: OpenMP's thread count is per calling thread.
+    """
+
+    def __init__(
+        self, cores: int, threads: int, interval_s: float = 5.0,
+        sample=cpu_sample, clock=time.monotonic, set_threads=torch.set_num_threads,
+    ) -> None:
+        self.cores, self.threads, self.interval_s = cores, threads, interval_s
+        self._sample, self._clock, self._set = sample, clock, set_threads
+        self._last, self._last_time = sample(), clock()
+        self.changes: list[tuple[int, float]] = []  # (new threads, others' busy cores) per change
+
+    def poll(self) -> int | None:
+        """The new thread count when it changed, else None (also when the interval has not passed)."""
+        now = self._clock()
+        if now - self._last_time < self.interval_s:
+            return None
+        current = self._sample()
+        if current is None or self._last is None:
+            return None
+        busy = others_busy(self._last, current, self.cores, _ticks_per_second())
+        self._last, self._last_time = current, now
+        wanted = choose_threads("auto", self.cores, busy, None).threads
+        if wanted == self.threads:
+            return None
+        self._set(wanted)
+        self.threads = wanted
+        self.changes.append((wanted, round(busy, 2)))
+        return wanted
+
+
+_governor: ThreadGovernor | None = None
+
+
+def keep_threads_fitting() -> int | None:
+    """Poll the running command's :class:`ThreadGovernor` (if its threads are ``auto``); returns the new
+    thread count when it changed. Cheap enough to call every step: it reads /proc/stat every few seconds."""
+    if _governor is None:
+        return None
+    changed = _governor.poll()
+    if changed is not None:
+        import logging
+
+        busy = _governor.changes[-1][1]
+        logging.getLogger(__name__).info(
+            "threads %d (auto: %.1f of %d cores busy with other processes now)",
+            changed, busy, _governor.cores,
+        )
+    return changed
+
+
+def _ticks_per_second() -> float:
+    try:
+        return float(os.sysconf("SC_CLK_TCK"))
+    except (AttributeError, ValueError, OSError):
+        return 100.0
 
 
 def compute_record(precision: PrecisionChoice | None, threads: ThreadsChoice | None) -> dict:

@@ -260,6 +260,7 @@ def test_params_choose_the_image_ends_and_the_model_lists_their_layers_once(
     owned = {id(p) for p in ends.parameters()}
     assert owned <= {id(p) for p in model.parameters()}
     assert len(list(model.parameters())) == len(model.state_dict())  # nothing listed twice
+    assert not model.eval().ends.training and all(not m.training for m in ends.modules())
     # the ends' interface: the map the core patchifies, and back to the image
     x, c = torch.randn(2, 3, 8, 8), torch.randn(2, 32)
     features, saved = ends.encode(x, c)

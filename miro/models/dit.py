@@ -309,6 +309,7 @@ class ImageEnds(nn.Module):
     :meth:`encode` turns the image into the map the core cuts into patches (``channels`` channels, a side
     ``reduction`` times smaller than the image's) plus whatever :meth:`decode` needs from the way in;
     :meth:`decode` turns the core's unpatchified output, a map of the same shape, into the velocity.
+    An end keeps its weights in child modules: :class:`MiroDiT` registers those as its own layers.
     """
 
     channels: int
@@ -428,6 +429,7 @@ class ConvLevels(ImageEnds):
         super().__init__()
         ch = list(channels)
         self.channels, self.reduction, self.cond_dim = ch[-1], 2 ** (len(ch) - 1), cond_dim
+        # one child, ``levels``: checkpoints name these layers levels.stem, levels.down.0, ...
         self.levels = nn.ModuleDict({
             "stem": nn.Conv2d(in_channels, ch[0], 3, padding=1),
             "down": nn.ModuleList(ConvBlock(ch[max(i - 1, 0)], ch[i], cond_dim) for i in range(len(ch))),
@@ -554,6 +556,10 @@ class MiroDiT(nn.Module):
         self.final = FinalLayer(d, p.patch_size, ends.channels)
         self._register_ends(after_transformer=True)
         self._init_weights()
+
+    def train(self, mode: bool = True) -> MiroDiT:
+        self.ends.training = mode  # its layers follow through the module tree; the holder follows too
+        return super().train(mode)
 
     def _register_ends(self, after_transformer: bool) -> None:
         """Register the ends' layers that go before (or after) the core's, and draw their initial weights

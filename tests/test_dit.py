@@ -3,9 +3,14 @@ import json
 import pytest
 import torch
 
+from miro.components import MODEL
 from miro.models.dit import (
     DIT_SIZES,
+    ConvLevels,
+    ConvStemHead,
+    DiTParams,
     MiroDiT,
+    PatchEnds,
     attention,
     flops_per_image,
     num_parameters,
@@ -230,3 +235,61 @@ def test_cpu_bf16_attention_matches_sdpa():
     assert out.dtype == torch.bfloat16
     torch.testing.assert_close(out.float(), ref, rtol=0.02, atol=0.02)
     torch.testing.assert_close(attention(q, k, v, mask), ref)
+
+
+@pytest.mark.parametrize(
+    "variant, kind, channels, reduction, layers",
+    [
+        ({}, PatchEnds, 3, 1, []),
+        ({"conv_channels": 8}, ConvStemHead, 8, 1, ["stem", "head"]),
+        ({"unet_channels": [8, 12, 16], "patch_size": 1}, ConvLevels, 16, 4, ["levels"]),
+    ],
+    ids=["patch", "stem_head", "levels"],
+)
+def test_params_choose_the_image_ends_and_the_model_lists_their_layers_once(
+    variant, kind, channels, reduction, layers
+):
+    model = _model(**variant)
+    ends = model.ends
+    assert type(ends) is kind and (ends.channels, ends.reduction) == (channels, reduction)
+    assert model.grid_size == 8 // (model.patch_size * reduction)
+    assert [name for name, _ in ends.named_children()] == layers
+    for name in layers:
+        assert getattr(model, name) is getattr(ends, name)  # the same layers, not copies
+    assert "ends" not in dict(model.named_children())
+    owned = {id(p) for p in ends.parameters()}
+    assert owned <= {id(p) for p in model.parameters()}
+    assert len(list(model.parameters())) == len(model.state_dict())  # nothing listed twice
+    assert not model.eval().ends.training and all(not m.training for m in ends.modules())
+    # the ends' interface: the map the core patchifies, and back to the image
+    x, c = torch.randn(2, 3, 8, 8), torch.randn(2, 32)
+    features, saved = ends.encode(x, c)
+    assert features.shape == (2, channels, 8 // reduction, 8 // reduction)
+    assert ends.decode(features, saved, c).shape == x.shape
+
+
+def test_patch_ends_are_the_plain_dit():
+    """Without conv layers the core patchifies the input itself and its output is the velocity."""
+    ends = PatchEnds(4)
+    x = torch.randn(2, 4, 8, 8)
+    features, saved = ends.encode(x, torch.zeros(2, 16))
+    assert features is x and saved == [] and ends.decode(x, saved, torch.zeros(2, 16)) is x
+    assert ends.macs(8) == 0 and not list(ends.parameters())
+
+
+@pytest.mark.parametrize("variant", CONV_VARIANTS, ids=["patch", "stem_head", "levels"])
+def test_each_end_zeroes_its_own_output_layer(variant):
+    """The end's last layer starts at zero; the core's final linear does only where it is the output."""
+    model = _model(**variant)
+    final_zero = torch.count_nonzero(model.final.linear.weight) == 0
+    assert final_zero == isinstance(model.ends, PatchEnds)
+
+
+def test_params_are_the_whole_config():
+    params = DiTParams(8, 3, 2, 32, 2, 2, text_dim=12, reward_names=REWARDS, unet_channels=[4, 8])
+    model = MiroDiT(**params.to_config())
+    assert model.params == params and model.to_config() == params.to_config()
+    # the export's config.json lists exactly what the closed component registry accepts, in its order
+    assert list(params.to_config()) == list(MODEL.args)
+    with pytest.raises(TypeError):
+        DiTParams(8, 3, 2, 32, 2, 2, 4.0, 12)  # text_dim and what follows are named, never positional

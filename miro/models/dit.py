@@ -1,6 +1,7 @@
-"""The reward-conditioned flow-matching DiT.
+"""The reward-conditioned flow-matching DiT: a transformer core between two image ends.
 
-Image patches are tokens processed by adaLN-Zero transformer blocks (DiT). Conditioning enters two ways:
+**The transformer core** (DiT): patches of a feature map are tokens processed by adaLN-Zero transformer
+blocks. Conditioning enters two ways:
 
 * **flow time -> adaLN.** The timestep embedding (plus, by default, a pooled caption embedding) produces
   per-block shift/scale/gate vectors. The gates and the output layer start at zero, so every block starts
@@ -21,28 +22,33 @@ look up. The pooled caption in adaLN is cheap and gives every block a global sum
 describe global properties (sharpness, noise, colourfulness) that modulation expresses directly, while
 a token must first be found by attention. Off by default (MIRO uses tokens only); the demo measures it.
 
-Optional convolutional stem and head (``conv_channels > 0``) wrap patchify/unpatchify: a 3x3 conv stack
-before the patch embedding and one after unpatchify, with a skip from the stem to the head. Patch tokens
-alone predict each patch independently and, when undertrained, draw blocky patches; the convolutions let
-neighbouring pixels and patch borders agree. With a head, the head's last conv is the zero-initialised
-output layer instead of the final linear.
+**The image ends** (:class:`ImageEnds`) turn the image into the map the core cuts into patches and the
+core's unpatchified output back into a velocity. One of three, chosen by :class:`DiTParams`:
 
-Optional convolutional levels (``unet_channels``, e.g. ``[32, 64]``) go further and make the network an
-hourglass, as pixel-space transformers (U-ViT, HDiT) do: residual 3x3 conv blocks at full resolution,
-then at half resolution and so on, each modulated (FiLM) by the same adaLN vector as the transformer
-blocks; the transformer runs on patches of the lowest level, and the way back up mirrors the way down
-with a skip from each level. The transformer keeps what it is good at (relations between objects, the
-caption and reward tokens through cross-attention); the conv levels draw outlines. Measured on the
-shapes world (docs/demo.md): the patch transformer alone learns the colour word within a thousand
-steps but draws the same blob for every shape for thousands more, while conditioned conv levels draw
-the named shape early, because an edge is a local, translation-equivariant function a conv computes
-directly and a patch token must learn separately for every sub-patch position.
+* :class:`PatchEnds` (the plain DiT, for VAE latents): the core patchifies the input itself and its
+  output is the velocity.
+* :class:`ConvLevels` (``unet_channels``, e.g. ``[32, 64]``; the embedded demo's): the network becomes an
+  hourglass, as pixel-space transformers (U-ViT, HDiT) are: residual 3x3 conv blocks at full resolution,
+  then at half resolution and so on, each modulated (FiLM) by the same adaLN vector as the transformer
+  blocks; the core runs on patches of the lowest level, and the way back up mirrors the way down with a
+  skip from each level. The core keeps what it is good at (relations between objects, the caption and
+  reward tokens through cross-attention); the conv levels draw outlines. Measured on the shapes world
+  (docs/demo.md): the patch transformer alone learns the colour word within a thousand steps but draws
+  the same blob for every shape for thousands more, while conditioned conv levels draw the named shape
+  early, because an edge is a local, translation-equivariant function a conv computes directly and a
+  patch token must learn separately for every sub-patch position.
+* :class:`ConvStemHead` (``conv_channels > 0``; the demo's previous model, kept for the evidence study):
+  a 3x3 conv stack before the patch embedding and one after unpatchify, with a skip from the stem to the
+  head, so neighbouring pixels and patch borders agree where patch tokens alone draw blocky patches.
+
+Each end owns the layer that produces the velocity and zero-initialises it, so every configuration's
+first prediction is exactly 0.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import KW_ONLY, asdict, dataclass, fields
 from typing import Any
 
 import torch
@@ -71,6 +77,75 @@ DIT_SIZES: dict[str, DiTSize] = {
     "L": DiTSize(hidden_size=1024, depth=24, num_heads=16),
     "XL": DiTSize(hidden_size=1152, depth=28, num_heads=16),
 }
+
+
+@dataclass(frozen=True)
+class DiTParams:
+    """Everything that defines a :class:`MiroDiT`: the arguments of conf/model/*.yaml and of an exported
+    model's config.json. The first seven may be given by position, the rest by name."""
+
+    image_size: int  # side of what is denoised: pixels for the embedded demo, VAE latents for real data
+    in_channels: int
+    patch_size: int  # side of the core's patches, in pixels of the map it cuts them from
+    hidden_size: int
+    depth: int
+    num_heads: int
+    mlp_ratio: float = 4.0
+    _: KW_ONLY
+    text_dim: int
+    reward_names: Sequence[str] = ()
+    reward_dropout: float = 0.0
+    fourier_dim: int = 64
+    fourier_max_frequency: float = 64.0
+    pooled_text: bool = True
+    pooled_rewards: bool = False
+    conv_channels: int = 0  # > 0: the conv stem and head (ConvStemHead) with this many channels
+    unet_channels: Sequence[int] = ()  # one entry per conv level (ConvLevels); empty: no levels
+    grad_checkpointing: bool = False
+    self_conditioning: bool = False
+    refiner_depth: int = 0
+    refiner_registers: int = 0
+
+    def __post_init__(self) -> None:
+        normalised = {
+            "mlp_ratio": float(self.mlp_ratio), "reward_names": tuple(self.reward_names),
+            "reward_dropout": float(self.reward_dropout),
+            "fourier_max_frequency": float(self.fourier_max_frequency),
+            "pooled_text": bool(self.pooled_text), "pooled_rewards": bool(self.pooled_rewards),
+            "unet_channels": tuple(int(c) for c in self.unet_channels),
+            "grad_checkpointing": bool(self.grad_checkpointing),
+            "self_conditioning": bool(self.self_conditioning),
+            "refiner_depth": int(self.refiner_depth), "refiner_registers": int(self.refiner_registers),
+        }
+        for name, value in normalised.items():
+            object.__setattr__(self, name, value)
+        levels = self.unet_channels
+        if self.conv_channels > 0 and levels:
+            raise ValueError("conv_channels and unet_channels are alternatives: set one of them")
+        if self.refiner_depth < 0 or self.refiner_registers < 0 or (
+            self.refiner_registers and not self.refiner_depth
+        ):
+            raise ValueError(
+                f"refiner_depth and refiner_registers must be >= 0, registers only with a refiner "
+                f"(depth > 0); got depth {self.refiner_depth}, registers {self.refiner_registers}"
+            )
+        if any(c < 1 for c in levels):
+            raise ValueError(f"unet_channels must be positive, got {list(levels)}")
+        # The core sees the lowest conv level: each level below the first halves the side.
+        if self.image_size % (self.patch_size * 2 ** max(len(levels) - 1, 0)):
+            raise ValueError(
+                f"image_size {self.image_size} is not divisible by patch_size {self.patch_size}"
+                + (f" x 2^{len(levels) - 1} (unet_channels levels)" if len(levels) > 1 else "")
+            )
+
+    def to_config(self) -> dict[str, Any]:
+        """JSON-serialisable arguments, in the order config.json has always listed them."""
+        config = {f.name: getattr(self, f.name) for f in fields(self)}
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in config.items()}
+
+
+# --------------------------------------------------------------------------------------------------
+# The transformer core's parts
 
 
 def sincos_pos_embed_2d(dim: int, grid_size: int) -> torch.Tensor:
@@ -206,6 +281,118 @@ class FinalLayer(nn.Module):
         return self.linear(modulate(self.norm(x), shift, scale))
 
 
+class SelfConditioning(nn.Module):
+    """Latent self-conditioning as MIRO's network does it: the output tokens of an earlier pass (the
+    first pass of a training step, or the previous sampling step) enter the next pass's input tokens as
+    a residual, LN_out(prev + MLP(LN_in(prev))). LN_out starts at zero, so the residual starts as a
+    no-op and the model learns how much to trust its earlier estimate."""
+
+    def __init__(self, hidden_size: int, mlp_size: int) -> None:
+        super().__init__()
+        self.norm_in = nn.LayerNorm(hidden_size, eps=1e-6)
+        self.mlp = nn.Sequential(
+            nn.Linear(hidden_size, mlp_size), nn.GELU(approximate="tanh"), nn.Linear(mlp_size, hidden_size)
+        )
+        self.norm_out = nn.LayerNorm(hidden_size, eps=1e-6)
+
+    def forward(self, previous: torch.Tensor) -> torch.Tensor:
+        return self.norm_out(previous + self.mlp(self.norm_in(previous)))
+
+
+# --------------------------------------------------------------------------------------------------
+# Image ends
+
+
+class ImageEnds(nn.Module):
+    """What stands between the image and the transformer core, on the way in and on the way out.
+
+    :meth:`encode` turns the image into the map the core cuts into patches (``channels`` channels, a side
+    ``reduction`` times smaller than the image's) plus whatever :meth:`decode` needs from the way in;
+    :meth:`decode` turns the core's unpatchified output, a map of the same shape, into the velocity.
+    An end keeps its weights in child modules: :class:`MiroDiT` registers those as its own layers.
+    """
+
+    channels: int
+    reduction: int = 1
+    # Layers that checkpoints list after the core's (see MiroDiT): the order a resumed run's optimiser
+    # state is indexed by.
+    after_transformer: tuple[str, ...] = ()
+
+    def encode(self, x: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """x [B, C, H, W], adaLN vector c [B, D] -> (the map to patchify, what decode needs)."""
+        raise NotImplementedError
+
+    def decode(self, y: torch.Tensor, saved: list[torch.Tensor], c: torch.Tensor) -> torch.Tensor:
+        """The core's output map -> velocity [B, C, H, W]."""
+        raise NotImplementedError
+
+    def init_weights(self, core_out: nn.Linear) -> None:
+        """Zero the layer that produces the velocity (``core_out``, the core's final linear, unless a
+        layer of the end comes after it), so the first prediction is exactly 0."""
+        raise NotImplementedError
+
+    def macs(self, side: int) -> int:
+        """Multiply-adds of :meth:`encode` and :meth:`decode` for one image of side ``side``."""
+        raise NotImplementedError
+
+
+class PatchEnds(ImageEnds):
+    """The plain DiT's ends (for latents): the core cuts the input itself into patches and its
+    unpatchified output is the velocity."""
+
+    def __init__(self, in_channels: int) -> None:
+        super().__init__()
+        self.channels = in_channels
+
+    def encode(self, x: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        return x, []
+
+    def decode(self, y: torch.Tensor, saved: list[torch.Tensor], c: torch.Tensor) -> torch.Tensor:
+        return y
+
+    def init_weights(self, core_out: nn.Linear) -> None:
+        nn.init.zeros_(core_out.weight)
+        nn.init.zeros_(core_out.bias)
+
+    def macs(self, side: int) -> int:
+        return 0
+
+
+class ConvStemHead(ImageEnds):
+    """Two 3x3 convs before the patch embedding, two after unpatchify on [core output, stem output]:
+    neighbouring pixels and patch borders agree where patch tokens alone predict each patch
+    independently (and, undertrained, draw blocky patches). The head's last conv is the output layer."""
+
+    after_transformer = ("head",)
+
+    def __init__(self, in_channels: int, channels: int) -> None:
+        super().__init__()
+        self.channels = channels
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_channels, channels, 3, padding=1), nn.SiLU(),
+            nn.Conv2d(channels, channels, 3, padding=1), nn.SiLU(),
+        )
+        self.head = nn.Sequential(
+            nn.Conv2d(2 * channels, channels, 3, padding=1), nn.SiLU(),
+            nn.Conv2d(channels, in_channels, 3, padding=1),
+        )
+
+    def encode(self, x: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        features = self.stem(x)
+        return features, [features]
+
+    def decode(self, y: torch.Tensor, saved: list[torch.Tensor], c: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.cat([y, saved[0].to(y.dtype)], dim=1))
+
+    def init_weights(self, core_out: nn.Linear) -> None:
+        nn.init.zeros_(self.head[-1].weight)
+        nn.init.zeros_(self.head[-1].bias)
+
+    def macs(self, side: int) -> int:
+        c_in, ch = self.stem[0].in_channels, self.channels
+        return side * side * 9 * (c_in * ch + ch * ch + 2 * ch * ch + ch * c_in)
+
+
 class ConvBlock(nn.Module):
     """Residual 3x3 conv block whose normalised features are scaled and shifted (FiLM) by the adaLN
     vector, so flow time, pooled caption and rewards reach every pixel. Zero-initialised last conv:
@@ -232,160 +419,158 @@ def _groups(channels: int) -> int:
     return next(g for g in range(min(8, channels), 0, -1) if channels % g == 0)
 
 
-class ConvLevels(nn.Module):
-    """The hourglass around the transformer: :meth:`encode` gives one feature map per level (the lowest
-    is cut into the transformer's patches, all are skips), :meth:`decode` takes the transformer's output
-    at the lowest level back up to the input's resolution and channels."""
+class ConvLevels(ImageEnds):
+    """The hourglass around the core: a stem conv, one :class:`ConvBlock` per level on the way down
+    (each level below the first at half the side of the one above), the core on patches of the lowest
+    level, then one block per level on the way up, each given the way down's map of its level as a
+    skip, and an output conv (the output layer)."""
 
     def __init__(self, in_channels: int, channels: Sequence[int], cond_dim: int) -> None:
         super().__init__()
         ch = list(channels)
-        self.stem = nn.Conv2d(in_channels, ch[0], 3, padding=1)
-        self.down = nn.ModuleList(
-            ConvBlock(ch[max(i - 1, 0)], ch[i], cond_dim) for i in range(len(ch))
-        )
-        self.up = nn.ModuleList(
-            ConvBlock(ch[i] + (ch[i + 1] if i + 1 < len(ch) else ch[i]), ch[i], cond_dim)
-            for i in range(len(ch))
-        )
-        self.out = nn.Sequential(
-            nn.GroupNorm(_groups(ch[0]), ch[0]), nn.SiLU(), nn.Conv2d(ch[0], in_channels, 3, padding=1)
-        )
+        self.channels, self.reduction, self.cond_dim = ch[-1], 2 ** (len(ch) - 1), cond_dim
+        # one child, ``levels``: checkpoints name these layers levels.stem, levels.down.0, ...
+        self.levels = nn.ModuleDict({
+            "stem": nn.Conv2d(in_channels, ch[0], 3, padding=1),
+            "down": nn.ModuleList(ConvBlock(ch[max(i - 1, 0)], ch[i], cond_dim) for i in range(len(ch))),
+            "up": nn.ModuleList(
+                ConvBlock(ch[i] + (ch[i + 1] if i + 1 < len(ch) else ch[i]), ch[i], cond_dim)
+                for i in range(len(ch))
+            ),
+            "out": nn.Sequential(
+                nn.GroupNorm(_groups(ch[0]), ch[0]), nn.SiLU(), nn.Conv2d(ch[0], in_channels, 3, padding=1)
+            ),
+        })
 
-    def encode(self, x: torch.Tensor, c: torch.Tensor) -> list[torch.Tensor]:
-        """x [B, C, H, W] -> one feature map per level, [B, ch_i, H / 2^i, W / 2^i]."""
-        h, skips = self.stem(x), []
-        for i, block in enumerate(self.down):
+    def encode(self, x: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """-> (the lowest level's map, every level's map [B, ch_i, H / 2^i, W / 2^i] as skips)."""
+        h, skips = self.levels.stem(x), []
+        for i, block in enumerate(self.levels.down):
             h = block(F.avg_pool2d(h, 2) if i else h, c)
             skips.append(h)
-        return skips
+        return h, skips
 
-    def decode(self, h: torch.Tensor, skips: list[torch.Tensor], c: torch.Tensor) -> torch.Tensor:
-        """h [B, ch_last, H / 2^(k-1), ...] (the transformer's output) -> [B, C, H, W]."""
-        for i in reversed(range(len(self.up))):
-            if i < len(self.up) - 1:
+    def decode(self, y: torch.Tensor, saved: list[torch.Tensor], c: torch.Tensor) -> torch.Tensor:
+        h = y
+        for i in reversed(range(len(self.levels.up))):
+            if i < len(self.levels.up) - 1:
                 h = F.interpolate(h, scale_factor=2.0, mode="nearest")
-            h = self.up[i](torch.cat([h, skips[i].to(h.dtype)], dim=1), c)
-        return self.out(h)
+            h = self.levels.up[i](torch.cat([h, saved[i].to(h.dtype)], dim=1), c)
+        return self.levels.out(h)
+
+    def init_weights(self, core_out: nn.Linear) -> None:
+        # Every block starts as its skip path, the output conv at zero.
+        for block in [*self.levels.down, *self.levels.up]:
+            nn.init.zeros_(block.conv2.weight)
+            nn.init.zeros_(block.conv2.bias)
+        nn.init.zeros_(self.levels.out[-1].weight)
+        nn.init.zeros_(self.levels.out[-1].bias)
+
+    def macs(self, side: int) -> int:
+        ch = [block.conv2.out_channels for block in self.levels.down]
+        c_in, d = self.levels.stem.in_channels, self.cond_dim
+
+        def block(pixels: int, c_in_block: int, c_out: int) -> int:
+            skip = pixels * c_in_block * c_out if c_in_block != c_out else 0
+            return pixels * 9 * (c_in_block * c_out + c_out * c_out) + skip + d * 2 * c_out
+
+        macs = 2 * side * side * 9 * c_in * ch[0]  # stem and output convs
+        for i, c_i in enumerate(ch):
+            pixels = (side >> i) ** 2
+            below = ch[i + 1] if i + 1 < len(ch) else c_i
+            macs += block(pixels, ch[max(i - 1, 0)], c_i) + block(pixels, c_i + below, c_i)
+        return macs
+
+
+def build_ends(params: DiTParams) -> ImageEnds:
+    """The image ends ``params`` ask for: conv levels, a conv stem and head, or the plain DiT's."""
+    if params.unet_channels:
+        return ConvLevels(params.in_channels, params.unet_channels, params.hidden_size)
+    if params.conv_channels > 0:
+        return ConvStemHead(params.in_channels, params.conv_channels)
+    return PatchEnds(params.in_channels)
+
+
+# --------------------------------------------------------------------------------------------------
+# The model
 
 
 class MiroDiT(nn.Module):
     """Velocity network v(x_t, t, caption tokens, reward levels) for a square ``image_size`` input.
 
-    ``image_size``/``in_channels`` are those of what is denoised: pixels for the embedded demo, VAE
-    latents (e.g. 32 x 32 x 4) for real data. Constructor arguments are plain numbers and strings so
-    :meth:`to_config` / :meth:`from_config` round-trip through JSON with the weights.
+    Takes :class:`DiTParams`' fields (plain numbers and strings, so :meth:`to_config` /
+    :meth:`from_config` round-trip through JSON with the weights) and composes the transformer core
+    with the image ends they name (:func:`build_ends`).
+
+    Checkpoint names: the ends' layers are registered on the DiT itself, under the names and in the order
+    checkpoints have always listed them (``levels.*`` before the core's layers; ``stem.*`` before and
+    ``head.*`` after them), so exported model directories and Lightning checkpoints, a resumed run's
+    optimiser state included, load unchanged; their initial weights are drawn in that order too, so a
+    seed gives the weights it always gave. ``self.ends`` holds the same layers behind the ends' common
+    interface; it is kept out of the module tree so that each layer is listed once.
     """
 
-    def __init__(
-        self,
-        image_size: int,
-        in_channels: int,
-        patch_size: int,
-        hidden_size: int,
-        depth: int,
-        num_heads: int,
-        mlp_ratio: float = 4.0,
-        *,
-        text_dim: int,
-        reward_names: Sequence[str] = (),
-        reward_dropout: float = 0.0,
-        fourier_dim: int = 64,
-        fourier_max_frequency: float = 64.0,
-        pooled_text: bool = True,
-        pooled_rewards: bool = False,
-        conv_channels: int = 0,
-        unet_channels: Sequence[int] = (),
-        grad_checkpointing: bool = False,
-        self_conditioning: bool = False,
-        refiner_depth: int = 0,
-        refiner_registers: int = 0,
-    ) -> None:
+    ends: ImageEnds
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__()
-        unet_channels = [int(c) for c in unet_channels]
-        if conv_channels > 0 and unet_channels:
-            raise ValueError("conv_channels and unet_channels are alternatives: set one of them")
-        if refiner_depth < 0 or refiner_registers < 0 or (refiner_registers and not refiner_depth):
-            raise ValueError(
-                f"refiner_depth and refiner_registers must be >= 0, registers only with a refiner "
-                f"(depth > 0); got depth {refiner_depth}, registers {refiner_registers}"
-            )
-        if any(c < 1 for c in unet_channels):
-            raise ValueError(f"unet_channels must be positive, got {unet_channels}")
-        # The transformer sees the lowest conv level: each level below the first halves the side.
-        token_side_pixels = patch_size * 2 ** max(len(unet_channels) - 1, 0)
-        if image_size % token_side_pixels:
-            raise ValueError(
-                f"image_size {image_size} is not divisible by patch_size {patch_size}"
-                + (f" x 2^{len(unet_channels) - 1} (unet_channels levels)" if len(unet_channels) > 1 else "")
-            )
-        self._config: dict[str, Any] = dict(
-            image_size=image_size, in_channels=in_channels, patch_size=patch_size, hidden_size=hidden_size,
-            depth=depth, num_heads=num_heads, mlp_ratio=float(mlp_ratio), text_dim=text_dim,
-            reward_names=list(reward_names), reward_dropout=float(reward_dropout), fourier_dim=fourier_dim,
-            fourier_max_frequency=float(fourier_max_frequency), pooled_text=bool(pooled_text),
-            pooled_rewards=bool(pooled_rewards), conv_channels=conv_channels, unet_channels=unet_channels,
-            grad_checkpointing=bool(grad_checkpointing), self_conditioning=bool(self_conditioning),
-            refiner_depth=int(refiner_depth), refiner_registers=int(refiner_registers),
-        )
-        self.image_size = image_size
-        self.in_channels = in_channels
-        self.patch_size = patch_size
-        self.grid_size = image_size // token_side_pixels
-        self.reward_names = list(reward_names)
-        self.grad_checkpointing = grad_checkpointing
-        self.self_conditioning = bool(self_conditioning)
+        p = self.params = DiTParams(*args, **kwargs)
+        self.image_size = p.image_size
+        self.in_channels = p.in_channels
+        self.patch_size = p.patch_size
+        self.reward_names = list(p.reward_names)
+        self.grad_checkpointing = p.grad_checkpointing
+        self.self_conditioning = p.self_conditioning
+        d = p.hidden_size
 
-        embed_in = in_channels
-        self.stem: nn.Module | None = None
-        if conv_channels > 0:
-            self.stem = nn.Sequential(
-                nn.Conv2d(in_channels, conv_channels, 3, padding=1), nn.SiLU(),
-                nn.Conv2d(conv_channels, conv_channels, 3, padding=1), nn.SiLU(),
-            )
-            embed_in = conv_channels
-        self.levels = ConvLevels(in_channels, unet_channels, hidden_size) if unet_channels else None
-        if unet_channels:
-            embed_in = unet_channels[-1]
-        self.patch_embed = nn.Conv2d(embed_in, hidden_size, patch_size, stride=patch_size)
-        self.register_buffer("pos_embed", sincos_pos_embed_2d(hidden_size, self.grid_size), persistent=False)
+        with torch.random.fork_rng(devices=[]):  # its layers draw their weights where they are registered
+            ends = build_ends(p)
+        self.__dict__["ends"] = ends
+        self.grid_size = p.image_size // (p.patch_size * ends.reduction)
+        self._register_ends(after_transformer=False)
+        self.patch_embed = nn.Conv2d(ends.channels, d, p.patch_size, stride=p.patch_size)
+        self.register_buffer("pos_embed", sincos_pos_embed_2d(d, self.grid_size), persistent=False)
 
-        self.t_embedder = TimestepEmbedder(hidden_size)
-        self.text_proj = nn.Sequential(
-            nn.Linear(text_dim, hidden_size), nn.GELU(approximate="tanh"), nn.Linear(hidden_size, hidden_size)
-        )
+        self.t_embedder = TimestepEmbedder(d)
+        self.text_proj = nn.Sequential(nn.Linear(p.text_dim, d), nn.GELU(approximate="tanh"), nn.Linear(d, d))
         self.pooled_proj = (
-            nn.Sequential(nn.Linear(text_dim, hidden_size), nn.SiLU(), nn.Linear(hidden_size, hidden_size))
-            if pooled_text else None
+            nn.Sequential(nn.Linear(p.text_dim, d), nn.SiLU(), nn.Linear(d, d)) if p.pooled_text else None
         )
         self.reward_embedder = RewardEmbedder(
-            reward_names, hidden_size, fourier_dim, fourier_max_frequency, reward_dropout
+            self.reward_names, d, p.fourier_dim, p.fourier_max_frequency, p.reward_dropout
         )
         self.pooled_reward_proj = (
-            nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, hidden_size))
-            if pooled_rewards and reward_names else None
+            nn.Sequential(nn.SiLU(), nn.Linear(d, d)) if p.pooled_rewards and self.reward_names else None
         )
-        self.blocks = nn.ModuleList(DiTBlock(hidden_size, num_heads, mlp_ratio) for _ in range(depth))
+        self.blocks = nn.ModuleList(DiTBlock(d, p.num_heads, p.mlp_ratio) for _ in range(p.depth))
         # The optional refiner (MIRO's conditioning mapping): learned registers, then a few self-attention
         # blocks over [reward tokens, registers, text tokens] before the DiT cross-attends to all of them.
         self.refiner = nn.ModuleList(
-            RefinerBlock(hidden_size, num_heads, mlp_ratio) for _ in range(refiner_depth)
+            RefinerBlock(d, p.num_heads, p.mlp_ratio) for _ in range(p.refiner_depth)
         )
-        self.registers = (
-            nn.Parameter(torch.zeros(refiner_registers, hidden_size)) if refiner_registers else None
-        )
+        self.registers = nn.Parameter(torch.zeros(p.refiner_registers, d)) if p.refiner_registers else None
         self.self_cond: SelfConditioning | None = (
-            SelfConditioning(hidden_size, int(hidden_size * mlp_ratio)) if self_conditioning else None
+            SelfConditioning(d, int(d * p.mlp_ratio)) if p.self_conditioning else None
         )
-        # The transformer's output has the channels its input had: pixels, the stem's or the lowest level's.
-        self.final = FinalLayer(hidden_size, patch_size, embed_in)
-        self.head: nn.Module | None = None
-        if conv_channels > 0:
-            self.head = nn.Sequential(
-                nn.Conv2d(2 * conv_channels, conv_channels, 3, padding=1), nn.SiLU(),
-                nn.Conv2d(conv_channels, in_channels, 3, padding=1),
-            )
+        # The core's output has the channels of the map it was cut from.
+        self.final = FinalLayer(d, p.patch_size, ends.channels)
+        self._register_ends(after_transformer=True)
         self._init_weights()
+
+    def train(self, mode: bool = True) -> MiroDiT:
+        self.ends.training = mode  # its layers follow through the module tree; the holder follows too
+        return super().train(mode)
+
+    def _register_ends(self, after_transformer: bool) -> None:
+        """Register the ends' layers that go before (or after) the core's, and draw their initial weights
+        now: at the place in the random stream where a layer built here would draw them, so a seed gives
+        the same weights whatever order the ends build their layers in."""
+        for name, layer in self.ends.named_children():
+            if (name in self.ends.after_transformer) == after_transformer:
+                self.add_module(name, layer)
+                for module in layer.modules():
+                    if hasattr(module, "reset_parameters"):
+                        module.reset_parameters()
 
     # ----------------------------------------------------------------------------------------------
     def _init_weights(self) -> None:
@@ -412,16 +597,7 @@ class MiroDiT(nn.Module):
             nn.init.zeros_(self.self_cond.norm_out.weight)
             nn.init.zeros_(self.self_cond.norm_out.bias)
         # Zero output layer -> the first prediction is exactly 0.
-        if self.levels is not None:
-            out_layer = self.levels.out[-1]
-            for module in self.levels.modules():
-                if isinstance(module, ConvBlock):
-                    nn.init.zeros_(module.conv2.weight)
-                    nn.init.zeros_(module.conv2.bias)
-        else:
-            out_layer = self.head[-1] if self.head is not None else self.final.linear
-        nn.init.zeros_(out_layer.weight)
-        nn.init.zeros_(out_layer.bias)
+        self.ends.init_weights(self.final.linear)
 
     # ----------------------------------------------------------------------------------------------
     @property
@@ -430,7 +606,7 @@ class MiroDiT(nn.Module):
 
     def to_config(self) -> dict[str, Any]:
         """JSON-serialisable constructor arguments; ``MiroDiT.from_config(m.to_config())`` rebuilds ``m``."""
-        return {k: (list(v) if isinstance(v, list) else v) for k, v in self._config.items()}
+        return self.params.to_config()
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> MiroDiT:
@@ -526,9 +702,8 @@ class MiroDiT(nn.Module):
             )
         c, cond, cond_mask = self.conditioning(t, text_tokens, text_mask, rewards, reward_mask)
 
-        skip = self.stem(x) if self.stem is not None else None
-        levels = self.levels.encode(x, c) if self.levels is not None else None
-        tokens = self.patchify(levels[-1] if levels else skip if skip is not None else x)  # [B, N, D]
+        features, saved = self.ends.encode(x, c)
+        tokens = self.patchify(features)  # [B, N, D]
         if previous_tokens is not None:
             if self.self_cond is None:
                 raise ValueError("previous_tokens given to a MiroDiT built without self_conditioning")
@@ -539,30 +714,12 @@ class MiroDiT(nn.Module):
                 tokens = checkpoint(block, tokens, c, cond, cond_mask, use_reentrant=False)
             else:
                 tokens = block(tokens, c, cond, cond_mask)
-        out = self.unpatchify(self.final(tokens, c))  # [B, C (or the conv channels), side, side]
-        if levels:
-            out = self.levels.decode(out, levels, c)
-        elif self.head is not None:
-            out = self.head(torch.cat([out, skip.to(out.dtype)], dim=1))
+        out = self.ends.decode(self.unpatchify(self.final(tokens, c)), saved, c)
         return (out, tokens) if return_tokens else out
 
 
-class SelfConditioning(nn.Module):
-    """Latent self-conditioning as MIRO's network does it: the output tokens of an earlier pass (the
-    first pass of a training step, or the previous sampling step) enter the next pass's input tokens as
-    a residual, LN_out(prev + MLP(LN_in(prev))). LN_out starts at zero, so the residual starts as a
-    no-op and the model learns how much to trust its earlier estimate."""
-
-    def __init__(self, hidden_size: int, mlp_size: int) -> None:
-        super().__init__()
-        self.norm_in = nn.LayerNorm(hidden_size, eps=1e-6)
-        self.mlp = nn.Sequential(
-            nn.Linear(hidden_size, mlp_size), nn.GELU(approximate="tanh"), nn.Linear(mlp_size, hidden_size)
-        )
-        self.norm_out = nn.LayerNorm(hidden_size, eps=1e-6)
-
-    def forward(self, previous: torch.Tensor) -> torch.Tensor:
-        return self.norm_out(previous + self.mlp(self.norm_in(previous)))
+# --------------------------------------------------------------------------------------------------
+# Cost
 
 
 def num_parameters(model: nn.Module) -> int:
@@ -580,45 +737,25 @@ def training_flops(forward_flops: float, self_cond_rate: float = 0.0) -> float:
 
 
 def flops_per_image(model: MiroDiT, text_length: int, self_conditioned: bool | None = None) -> float:
-    """Forward FLOPs of one image: every matrix product (2 FLOPs per multiply-add) of the stem, patch
-    embedding, conditioning MLPs, blocks (adaLN, self- and cross-attention, MLP) and head; element-wise
-    work is left out (< 1%). Equal to torch's FlopCounterMode count (tests/test_bench_flops.py); the GPU
-    benchmark reports it next to the FLOPs it counts. ``self_conditioned`` (default: whether the model
-    has self-conditioning) counts the self-conditioning MLP of a pass given previous tokens; a training
-    step's total is :func:`training_flops`."""
-    cfg = model.to_config()
-    d, p, c_in = cfg["hidden_size"], cfg["patch_size"], cfg["in_channels"]
-    side, conv = cfg["image_size"], cfg["conv_channels"]
-    levels = list(cfg.get("unet_channels", []))
+    """Forward FLOPs of one image: every matrix product (2 FLOPs per multiply-add) of the image ends,
+    patch embedding, conditioning MLPs, blocks (adaLN, self- and cross-attention, MLP) and final layer;
+    element-wise work is left out (< 1%). Equal to torch's FlopCounterMode count
+    (tests/test_bench_flops.py); the GPU benchmark reports it next to the FLOPs it counts.
+    ``self_conditioned`` (default: whether the model has self-conditioning) counts the self-conditioning
+    MLP of a pass given previous tokens; a training step's total is :func:`training_flops`."""
+    p = model.params
+    d, patch_in = p.hidden_size, p.patch_size**2 * model.ends.channels  # values per patch of the core's map
     n, r = model.grid_size**2, model.num_rewards
-    registers, refiner_depth = cfg.get("refiner_registers", 0), cfg.get("refiner_depth", 0)
-    m, mlp = text_length + r + registers, int(d * cfg["mlp_ratio"])
+    m, mlp = text_length + r + p.refiner_registers, int(d * p.mlp_ratio)
     freq = model.t_embedder.mlp[0].in_features
-    fourier = cfg["fourier_dim"]
-    macs = 0
-    embed_in = c_in
-    if conv:  # stem: two 3x3 convs at full resolution; head: two more on [out, skip]
-        macs += side * side * 9 * (c_in * conv + conv * conv + 2 * conv * conv + conv * c_in)
-        embed_in = conv
-    if levels:  # the hourglass: stem and output convs at full resolution, two blocks per level
-
-        def conv_block(pixels: int, c_in_block: int, c_out: int) -> int:
-            skip = pixels * c_in_block * c_out if c_in_block != c_out else 0
-            return pixels * 9 * (c_in_block * c_out + c_out * c_out) + skip + d * 2 * c_out
-
-        macs += 2 * side * side * 9 * c_in * levels[0]
-        for i, ch in enumerate(levels):
-            pixels = (side >> i) ** 2
-            below = levels[i + 1] if i + 1 < len(levels) else ch
-            macs += conv_block(pixels, levels[max(i - 1, 0)], ch) + conv_block(pixels, ch + below, ch)
-        embed_in = levels[-1]
-    macs += n * p * p * embed_in * d  # patch embedding
+    macs = model.ends.macs(p.image_size)
+    macs += n * patch_in * d  # patch embedding
     macs += freq * d + d * d  # timestep MLP
-    macs += text_length * (cfg["text_dim"] * d + d * d)  # text projection
-    if cfg["pooled_text"]:
-        macs += cfg["text_dim"] * d + d * d
-    macs += r * (fourier * d + d * d)  # one value MLP per reward
-    if cfg["pooled_rewards"] and r:
+    macs += text_length * (p.text_dim * d + d * d)  # text projection
+    if p.pooled_text:
+        macs += p.text_dim * d + d * d
+    macs += r * (p.fourier_dim * d + d * d)  # one value MLP per reward
+    if p.pooled_rewards and r:
         macs += d * d
     block = (
         6 * d * d  # adaLN
@@ -629,10 +766,10 @@ def flops_per_image(model: MiroDiT, text_length: int, self_conditioned: bool | N
         + 2 * n * m * d  # cross-attention
         + 2 * n * d * mlp  # MLP
     )
-    macs += cfg["depth"] * block
-    macs += refiner_depth * (4 * m * d * d + 2 * m * m * d + 2 * m * d * mlp)  # refiner: attention + MLP
+    macs += p.depth * block
+    macs += p.refiner_depth * (4 * m * d * d + 2 * m * m * d + 2 * m * d * mlp)  # refiner: attention + MLP
     counted_sc = model.self_conditioning if self_conditioned is None else self_conditioned
     if counted_sc and model.self_conditioning:
         macs += n * 2 * d * mlp  # the self-conditioning MLP over the image tokens
-    macs += 2 * d * d + n * d * p * p * embed_in  # final layer
+    macs += 2 * d * d + n * d * patch_in  # final layer
     return 2.0 * macs

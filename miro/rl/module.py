@@ -42,7 +42,14 @@ from miro.data.datamodule import step_seed
 from miro.data.shards import write_bytes_atomic
 from miro.flow.sampling import sample_euler, time_schedule
 from miro.lit.ema import ema_decay_at, update_ema
-from miro.pipeline import PRECISIONS, image_grid, reward_condition, sampling_settings, to_uint8
+from miro.pipeline import (
+    PRECISIONS,
+    image_grid,
+    request_values,
+    resolve_request,
+    to_uint8,
+    trained_levels,
+)
 from miro.pretrained import Pretrained, load_pretrained, save_pretrained
 from miro.rewards.base import RewardModel
 from miro.rl.chunks import (
@@ -121,6 +128,7 @@ class GRPOModule(L.LightningModule):
         monitor_rewards: Sequence[str] = (),
         targets: Mapping[str, float] | str | None = None,
         negative_targets: Mapping[str, float] | str | None = None,
+        push: str | None = None,
         guidance: float | None = None,
         steps: int = 10,
         shift: float | None = None,
@@ -154,16 +162,28 @@ class GRPOModule(L.LightningModule):
         super().__init__()
         self.automatic_optimization = False
         self.pretrained = load_pretrained(pretrained) if isinstance(pretrained, (str, Path)) else pretrained
+        if getattr(self.pretrained.model, "self_conditioning", False):
+            # The sampler passes each step the previous step's tokens; the update re-scores single stored
+            # steps without them, so rollout and update would be two different policies.
+            raise ValueError(
+                "GRPO cannot fine-tune a self-conditioned network (model.self_conditioning=true): its "
+                "updates re-score single steps without the previous step's tokens"
+            )
         self.pretrained.text_encoder.requires_grad_(False).eval()
         if self.pretrained.vae is not None:
             self.pretrained.vae.requires_grad_(False).eval()
-        sampling = sampling_settings(self.pretrained.sampling, guidance, shift=shift)
         self.reward_names = list(self.pretrained.reward_names)
         self.reward_weights = parse_reward_weights(rewards)
         self.monitor_names = [n for n in monitor_rewards if n not in self.reward_weights]
-        self.positive, self.negative = reward_condition(
-            self.reward_names, targets, negative_targets, sampling["guided_rewards"]
+        # The rollouts' request, completed as MiroPipeline completes it (the model's negative caption,
+        # guidance interval and ramp; targets snapped to the trained levels), so GRPO trains the images
+        # miro-generate makes for the same targets. Recorded in the export.
+        self.request = resolve_request(
+            self.reward_names, self.pretrained.sampling,
+            trained_levels(self.pretrained.bins, self.reward_names), targets, negative_targets, push,
+            guidance=guidance, steps=int(steps), shift=shift,
         )
+        self.positive, self.negative = request_values(self.reward_names, self.request)
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         for name, value in (
@@ -180,9 +200,9 @@ class GRPOModule(L.LightningModule):
         if skip_last_step and int(steps) < 2:
             raise ValueError("skip_last_step needs at least 2 steps (it leaves the last one untrained)")
         self.hp = dict(
-            guidance=sampling["guidance"],
+            guidance=self.request["guidance"],
             steps=int(steps),
-            shift=sampling["shift"],
+            shift=self.request["shift"],
             noise_level=noise_level,
             group_size=group_size,
             rollout_batch_size=rollout_batch_size,
@@ -295,12 +315,20 @@ class GRPOModule(L.LightningModule):
         return list(prompts[rank * per_rank : (rank + 1) * per_rank]), rank * per_rank
 
     def _condition(self, prompts: list[str]) -> PolicyCondition:
+        n = len(prompts)
+        neg_prompt = self.request["negative_prompt"]
+        neg_tokens = neg_mask = None
         with torch.no_grad():
             tokens, mask = self.pretrained.text_encoder(prompts)
-        n = len(prompts)
+            if neg_prompt is not None:  # as the pipeline encodes it: one copy per image
+                neg_tokens, neg_mask = self.pretrained.text_encoder([neg_prompt] * n)
+                neg_tokens, neg_mask = neg_tokens.to(self.device), neg_mask.to(self.device)
         pos = self.positive.to(self.device).expand(n, -1) if self.positive is not None else None
         neg = self.negative.to(self.device).expand(n, -1) if self.negative is not None else None
-        return PolicyCondition(tokens.to(self.device), mask.to(self.device), pos, neg, self.hp["guidance"])
+        return PolicyCondition(
+            tokens.to(self.device), mask.to(self.device), pos, neg, self.hp["guidance"], neg_tokens, neg_mask,
+            self.request["guidance_interval"], self.request["guidance_ramp"],
+        )
 
     def _timesteps(self) -> list[float]:
         return time_schedule(self.hp["steps"], self.hp["shift"]).tolist()
@@ -590,6 +618,7 @@ class GRPOModule(L.LightningModule):
                     "l1rel": self.l1rel,
                     "rollout_l1rel": self.rollout_l1rel,
                     "rewards": self.reward_weights,
+                    "request": self.request,  # what the rollouts were conditioned on
                     **(extra or {}),
                 }
             },

@@ -1,9 +1,10 @@
 """Rollouts: the guided SDE sampler as a policy, and trajectories recorded for GRPO.
 
-The policy is exactly what ``miro-generate`` samples (the same caption tokens, reward targets, negative
-branch and guidance scale) with the Euler step replaced by :func:`miro.flow.sampling.sde_step`. So for
-a reward-conditioned model GRPO improves the images users get at the requested targets, not those of
-some unguided variant. One function, :func:`policy_step`, serves both the rollout (sampling) and the
+The policy is exactly what ``miro-generate`` samples (the same caption tokens, reward targets snapped to
+the trained levels, negative branch and caption, guidance scale, interval and ramp: one
+:func:`miro.pipeline.resolve_request` record and :func:`miro.pipeline.conditioned_velocity`) with the
+Euler step replaced by :func:`miro.flow.sampling.sde_step`. So for a reward-conditioned model GRPO
+improves the images users get at the requested targets, not those of some unguided variant. One function, :func:`policy_step`, serves both the rollout (sampling) and the
 update (re-scoring stored states with gradients): with unchanged weights and the same batch the two
 give bit-identical log-probabilities, so the first ratio of every run is exactly 1.
 """
@@ -16,20 +17,26 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 
-from miro.flow.guidance import guided_velocity_fn
 from miro.flow.sampling import SDEStep, VelocityFn, integrate, sde_step
-from miro.pipeline import autocast_velocity
+from miro.pipeline import autocast_velocity, conditioned_velocity
 
 
 @dataclass
 class PolicyCondition:
-    """Everything the velocity depends on besides (x, t), one row per sample."""
+    """Everything the velocity depends on besides (x, t), one row per sample: the caption tokens, the
+    conditioning values of both branches, the negative caption's tokens (None: the same caption) and
+    the guidance with its interval and ramp, all from the pipeline's record of the request
+    (:func:`miro.pipeline.resolve_request`)."""
 
     tokens: torch.Tensor
     mask: torch.Tensor
     rewards: torch.Tensor | None
     neg_rewards: torch.Tensor | None
     guidance: float
+    neg_tokens: torch.Tensor | None = None
+    neg_mask: torch.Tensor | None = None
+    guidance_interval: Sequence[float] | None = None
+    guidance_ramp: str | None = None
 
     def take(self, index: slice | torch.Tensor) -> PolicyCondition:
         """The rows ``index`` (a minibatch of samples)."""
@@ -43,19 +50,15 @@ class PolicyCondition:
             mask=self.mask[index],
             rewards=pick(self.rewards),
             neg_rewards=pick(self.neg_rewards),
+            neg_tokens=pick(self.neg_tokens),
+            neg_mask=pick(self.neg_mask),
         )
 
-    def velocity(self, model: nn.Module):  # -> VelocityFn
-        reward_mask = None if self.rewards is None else torch.ones_like(self.rewards, dtype=torch.bool)
-        scale = self.guidance if self.rewards is not None else 0.0
-        return guided_velocity_fn(
-            model,
-            self.tokens,
-            self.mask,
-            self.rewards,
-            reward_mask,
-            scale=scale,
-            neg_rewards=self.neg_rewards,
+    def velocity(self, model: nn.Module) -> VelocityFn:
+        """The guided velocity, built as :class:`~miro.pipeline.MiroPipeline` builds it."""
+        return conditioned_velocity(
+            model, self.tokens, self.mask, self.rewards, self.neg_rewards, self.neg_tokens, self.neg_mask,
+            self.guidance, self.guidance_interval, self.guidance_ramp,
         )
 
 

@@ -14,6 +14,7 @@ from conftest import OFFLINE_REWARDS
 from omegaconf import OmegaConf
 from tiny_models import export_tiny_model, tiny_model
 
+from miro.checks import InputError
 from miro.cli import generate as generate_cli
 from miro.config import compose_config
 from miro.data.bins import RewardBins
@@ -21,7 +22,7 @@ from miro.data.prompt_file import PromptFileError
 from miro.pipeline import MiroPipeline, to_uint8
 from miro.pretrained import load_pretrained
 from miro.rewards.base import RewardModel, register_reward
-from miro.rl.__main__ import build
+from miro.rl.__main__ import build, check_config
 from miro.rl.chunks import chunk_sampling_weights, relative_l1
 from miro.rl.module import GRPOModule, updates_per_iteration
 from miro.rl.prompts import PromptBatches, PromptDataModule, training_prompts
@@ -207,6 +208,8 @@ def test_bad_settings_are_named(export: Path) -> None:
         make_module(export, rewards="test_brightness=high")
     with pytest.raises(ValueError, match="unknown reward 'nope'"):
         make_module(export, targets="nope=3")
+    with pytest.raises(ValueError, match="noise_level must be a finite number >= 0"):
+        make_module(export, noise_level=-0.5)
     with pytest.raises(ValueError, match="kl must be one of flow_grpo, transition"):
         make_module(export, kl="exact")
     with pytest.raises(ValueError, match="clip ranges must be >= 0"):
@@ -397,3 +400,12 @@ def test_push_and_a_self_conditioned_network(export: Path) -> None:
     pretrained.model.self_conditioning = True
     with pytest.raises(ValueError, match="self-conditioned network"):
         GRPOModule(pretrained, rewards="test_brightness")
+
+
+def test_check_config_resolves_the_request_as_the_module_does(export: Path, tmp_path: Path) -> None:
+    base = [f"pretrained={export}", f"paths.output_dir={tmp_path}", "module.rewards=test_brightness"]
+    check_config(compose_config("rl", [*base, "+module.targets={sharpness: 3}", "module.push=color"]))
+    with pytest.raises(InputError, match="unknown reward 'nope' for this model"):
+        check_config(compose_config("rl", [*base, "+module.targets={nope: 3}"]))
+    with pytest.raises(InputError, match="must be between 0 and 10"):
+        check_config(compose_config("rl", [*base, "module.negative_targets='alignment=12'"]))

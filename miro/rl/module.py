@@ -27,6 +27,7 @@ from __future__ import annotations
 import copy
 import io
 import logging
+import math
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from functools import partial
@@ -194,6 +195,8 @@ class GRPOModule(L.LightningModule):
         ):
             if value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
+        if not (math.isfinite(noise_level) and noise_level >= 0):
+            raise ValueError(f"noise_level must be a finite number >= 0 (0: the ODE), got {noise_level}")
         if kl not in KL_FORMS:
             raise ValueError(f"kl must be one of {', '.join(KL_FORMS)}, got {kl!r}")
         clip_bounds(clip_range, clip_low, clip_high)  # raises on negative ranges

@@ -28,7 +28,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from miro.flow.guidance import GuidanceSchedule, guided_velocity_fn, snap_to_level
+from miro.flow.guidance import GuidanceSchedule, SelfConditionedCalls, guided_velocity_fn, snap_to_level
 from miro.flow.sampling import VelocityFn, sample_euler
 from miro.pretrained import Pretrained, load_pretrained
 from miro.utils.hardware import PRECISION_CHOICES, resolve_precision
@@ -286,19 +286,21 @@ def conditioned_velocity(
     guidance: float,
     guidance_interval: Sequence[float] | None = None,
     guidance_ramp: str | None = None,
+    calls: SelfConditionedCalls | None = None,
 ) -> VelocityFn:
     """The guided velocity of one batch: rewards [B, R] (every one given) against ``neg_rewards`` and
     the negative caption (None: the same caption), with guidance ``guidance`` on the schedule the
     interval and ramp describe. Without rewards and without a negative caption there is nothing to
     guide against: the conditional prediction alone. Generation and GRPO's policy both build their
-    velocity here, so a rollout is conditioned exactly as an image the pipeline makes."""
+    velocity here, so a rollout is conditioned exactly as an image the pipeline makes. ``calls``: see
+    :func:`~miro.flow.guidance.guided_velocity_fn`."""
     reward_mask = None if rewards is None else torch.ones_like(rewards, dtype=torch.bool)
     use_guidance = guidance != 0 and (rewards is not None or neg_tokens is not None)
     scale = float(guidance) if use_guidance else 0.0
     return guided_velocity_fn(
         model, tokens, mask, rewards, reward_mask, scale=scale,
         neg_rewards=neg_rewards, neg_text_tokens=neg_tokens, neg_text_mask=neg_mask,
-        schedule=GuidanceSchedule.from_settings(scale, guidance_interval, guidance_ramp),
+        schedule=GuidanceSchedule.from_settings(scale, guidance_interval, guidance_ramp), calls=calls,
     )
 
 

@@ -61,12 +61,15 @@ def test_push_is_the_pipelines_push(model: AppModel) -> None:
     assert not np.array_equal(np.asarray(pushed.images[0]), np.asarray(plain.images[0]))
 
 
-def test_blank_negative_prompt_is_the_models_default(model: AppModel, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_blank_negative_prompt_is_the_models_default(
+    model: AppModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # A model whose default negative branch is the empty prompt (cc12m's) keeps it when the box is blank,
     # as miro-generate without --negative-prompt does; a typed one replaces it.
     sampling = model.pipe.pretrained.config["sampling"]
     monkeypatch.setitem(model.pipe.pretrained.config, "sampling", sampling | {"negative_prompt": ""})
-    assert model.generate("a red circle", {}, negative_prompt="  ", steps=1).records[0]["negative_prompt"] == ""
+    blank = model.generate("a red circle", {}, negative_prompt="  ", steps=1).records[0]
+    assert blank["negative_prompt"] == ""
     typed = model.generate("a red circle", {}, negative_prompt=" blurry ", steps=1).records[0]
     assert typed["negative_prompt"] == "blurry"
 

@@ -375,14 +375,14 @@ def test_rollouts_condition_exactly_as_the_pipeline(cc12m_like_export: Path) -> 
     assert torch.equal(condition.neg_tokens, empty) and torch.equal(condition.neg_mask, empty_mask)
     # Without the SDE's noise a rollout is the Euler sampler: from the pipeline's noise, its images.
     noise = torch.stack([torch.randn(3, 24, 24, generator=torch.Generator().manual_seed(s)) for s in (0, 1)])
-    states, _ = rollout(module.policy, condition, noise, module._timesteps(), noise_level=0.0)
+    states, *_ = rollout(module.policy, condition, noise, module._timesteps(), noise_level=0.0)
     want = pipe(PROMPTS, rewards="alignment=9", steps=4, seed=0, output="tensor")
     torch.testing.assert_close(to_uint8(states[-1]).int(), want.int(), atol=1, rtol=0)
     # ... which the conditioning GRPO used before (0.9 unsnapped, the same caption, plain guidance) is not.
     raw = module.positive.clone()
     raw[0] = 0.9
     old = PolicyCondition(condition.tokens, condition.mask, raw.expand(2, -1), condition.neg_rewards, 1.5)
-    before, _ = rollout(module.policy, old, noise, module._timesteps(), noise_level=0.0)
+    before, *_ = rollout(module.policy, old, noise, module._timesteps(), noise_level=0.0)
     assert (to_uint8(before[-1]).int() - want.int()).abs().float().mean() > 0.5
     # And with the SDE's noise, the first update still re-scores the rollouts bit for bit.
     batch = module.collect(PROMPTS, iteration=0)
@@ -390,16 +390,36 @@ def test_rollouts_condition_exactly_as_the_pipeline(cc12m_like_export: Path) -> 
     assert torch.equal(new.detach(), batch["log_probs"].T)
 
 
-def test_push_and_a_self_conditioned_network(export: Path) -> None:
+def test_push_conditions_the_negative_branch_as_miro_generate(export: Path) -> None:
     pushed = make_module(export, push="colorfulness", targets="sharpness=4")
     names = pushed.reward_names
-    want = [1.0, 0.4, 0.0, 1.0]  # the targets, with only the pushed reward at 0 (miro-generate --push)
-    assert pushed.negative.tolist() == pytest.approx([want[names.index(n)] for n in OFFLINE_REWARDS])
+    want = {"alignment": 1.0, "sharpness": 0.4, "colorfulness": 0.0, "compressibility": 1.0}
+    assert pushed.negative.tolist() == pytest.approx([want[n] for n in names])  # targets, pushed one at 0
+    assert pushed.request["push"] == "colorfulness"
+
+
+def test_a_self_conditioned_network_is_rescored_with_its_recorded_tokens(export: Path) -> None:
     pretrained = load_pretrained(export)
-    pretrained.model = tiny_model()
-    pretrained.model.self_conditioning = True
-    with pytest.raises(ValueError, match="self-conditioned network"):
-        GRPOModule(pretrained, rewards="test_brightness")
+    pretrained.model = tiny_model(self_conditioning=True)
+    # two rollout batches of 8, so the recorded tokens are joined across batches
+    module = GRPOModule(pretrained, rewards="test_brightness", steps=4, group_size=8, rollout_batch_size=8,
+                        train_batch_size=16)
+    batch = module.collect(PROMPTS, iteration=0)
+    recorded = batch["self_conditioning"]
+    assert [sorted(r) for r in recorded] == [[]] + [["neg", "pos"]] * 3  # none before the first step
+    assert recorded[1]["pos"].shape[0] == 16
+    new, _ = module.step_log_probs(batch, torch.arange(16), range(4))
+    assert torch.equal(new.detach(), batch["log_probs"].T)  # the first ratio is exactly 1
+    # Without them a re-scored step would be another policy's.
+    forgetful = batch | {"self_conditioning": [{} for _ in recorded]}
+    other, _ = module.step_log_probs(forgetful, torch.arange(16), range(4))
+    assert not torch.equal(other.detach(), batch["log_probs"].T)
+    # A noiseless rollout is the pipeline's image of the self-conditioned model.
+    condition = module._condition(PROMPTS)
+    noise = torch.stack([torch.randn(3, 24, 24, generator=torch.Generator().manual_seed(s)) for s in (0, 1)])
+    states, *_ = rollout(module.policy, condition, noise, module._timesteps(), noise_level=0.0)
+    want = MiroPipeline(pretrained, precision="fp32")(PROMPTS, steps=4, seed=0, output="tensor")
+    torch.testing.assert_close(to_uint8(states[-1]).int(), want.int(), atol=1, rtol=0)
 
 
 def test_check_config_resolves_the_request_as_the_module_does(export: Path, tmp_path: Path) -> None:

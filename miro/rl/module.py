@@ -163,13 +163,6 @@ class GRPOModule(L.LightningModule):
         super().__init__()
         self.automatic_optimization = False
         self.pretrained = load_pretrained(pretrained) if isinstance(pretrained, (str, Path)) else pretrained
-        if getattr(self.pretrained.model, "self_conditioning", False):
-            # The sampler passes each step the previous step's tokens; the update re-scores single stored
-            # steps without them, so rollout and update would be two different policies.
-            raise ValueError(
-                "GRPO cannot fine-tune a self-conditioned network (model.self_conditioning=true): its "
-                "updates re-score single steps without the previous step's tokens"
-            )
         self.pretrained.text_encoder.requires_grad_(False).eval()
         if self.pretrained.vae is not None:
             self.pretrained.vae.requires_grad_(False).eval()
@@ -361,11 +354,11 @@ class GRPOModule(L.LightningModule):
         noise = torch.cat([d[0] for d in draws]).to(self.device)
         step_noise = torch.cat([d[1] for d in draws], 1).to(self.device)
         timesteps = self._timesteps()
-        states, log_probs = [], []
+        states, log_probs, previous = [], [], []
         bs = self.hp["rollout_batch_size"]
         for start in range(0, len(expanded), bs):
             part = slice(start, start + bs)
-            s, lp = rollout(
+            s, lp, prev = rollout(
                 self.policy,
                 condition.take(part),
                 noise[part],
@@ -376,7 +369,14 @@ class GRPOModule(L.LightningModule):
             )
             states.append(s)
             log_probs.append(lp)
+            previous.append(prev)
         states_t, log_probs_t = torch.cat(states, 1), torch.cat(log_probs, 1)
+        # A self-conditioned network's input from the step before, per step and branch (every part ran the
+        # same schedule, so the same branches): the update re-scores each step with it.
+        self_conditioning = [
+            {branch: torch.cat([part[i][branch] for part in previous]) for branch in previous[0][i]}
+            for i in range(len(timesteps) - 1)
+        ]
         final = states_t[-1]
         with torch.no_grad():
             pixels = self.pretrained.vae.decode(final) if self.pretrained.vae is not None else final
@@ -401,6 +401,7 @@ class GRPOModule(L.LightningModule):
             condition=condition,
             states=states_t,
             log_probs=log_probs_t,
+            self_conditioning=self_conditioning,
             timesteps=timesteps,
             images=images,
             scores=scores,
@@ -422,6 +423,7 @@ class GRPOModule(L.LightningModule):
                 policy_step, condition=condition, x=batch["states"][i][index], t=ts[i], t_next=ts[i + 1],
                 noise_level=self.hp["noise_level"], x_next=batch["states"][i + 1][index],
                 precision=self.hp["precision"],
+                previous={b: v[index] for b, v in batch["self_conditioning"][i].items()},
             )  # fmt: skip
             step = transition(self.policy)
             log_probs.append(step.log_prob)

@@ -15,6 +15,11 @@ MIRO's own sampling options, each a key of the model's ``sampling`` defaults and
 same caption in both branches; ``""``: the empty prompt, the released MIRO pipeline's default),
 ``guidance_interval`` / ``guidance_ramp`` (:class:`miro.flow.guidance.GuidanceSchedule`). Targets snap
 to the levels the model was trained on (:func:`snap_targets`).
+
+A request is checked and completed in one place, :func:`resolve_request`, and sampled by one function,
+:func:`generate_request` (its velocity: :func:`conditioned_velocity`): the pipeline, ``miro-generate``'s
+check before loading, the web app, the training sample grid and GRPO's rollouts all go through them, so
+"the model's defaults" and "push one reward" mean the same everywhere.
 """
 
 from __future__ import annotations

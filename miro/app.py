@@ -16,7 +16,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,7 @@ from PIL import Image
 
 from miro.cli.generate import image_record
 from miro.model_card import model_display_name
-from miro.pipeline import TARGET_MAX, MiroPipeline, RewardSpecError, negative_targets
+from miro.pipeline import MODEL_DEFAULT, TARGET_MAX, MiroPipeline, RewardSpecError
 from miro.utils.hardware import compute_record
 
 NO_PUSH = "none"
@@ -34,19 +34,6 @@ DISPLAY_SIZE = 256  # small models draw tiny images: the gallery shows them enla
 
 class AppInputError(ValueError):
     """A bad value in the form; shown as a message in the page, never as an error page."""
-
-
-def push_negatives(reward_names: Sequence[str], pushed: str | None) -> dict[str, float] | None:
-    """Negative-branch targets that make guidance push one reward: every reward high except ``pushed``
-    at 0, so the guided difference is that reward alone. None (no push): the model's default negative.
-
-    The one place the app decides how a push is conditioned; a pipeline-level ``push=`` option can
-    replace this body without touching the UI."""
-    if pushed in (None, "", NO_PUSH):
-        return None
-    if pushed not in reward_names:
-        raise AppInputError(f"cannot push {pushed!r}: the model's rewards are {', '.join(reward_names)}")
-    return {name: 0.0 if name == pushed else TARGET_MAX for name in reward_names}
 
 
 @dataclass
@@ -89,7 +76,11 @@ class AppModel:
         pushed: str | None = None, guidance: float | None = None, steps: int | None = None, seed: int = 0,
         n: int = 1,
     ) -> Generation:
-        """``n`` images of ``prompt`` at ``targets`` (0-10 by reward name), seeds seed..seed+n-1."""
+        """``n`` images of ``prompt`` at ``targets`` (0-10 by reward name), seeds seed..seed+n-1.
+
+        ``negative_prompt`` blank: the model's own negative caption, as ``miro-generate`` without
+        ``--negative-prompt``; ``pushed``: a reward name for the pipeline's ``push=`` (the negative branch
+        copies the targets with that reward at 0), or "none"."""
         prompt = (prompt or "").strip()
         if not prompt:
             raise AppInputError("Enter a prompt to generate images.")
@@ -97,28 +88,25 @@ class AppModel:
             raise AppInputError(f"Number of images must be between 1 and {self.max_images}, got {n}.")
         if steps is not None and int(steps) < 1:
             raise AppInputError(f"Steps must be at least 1, got {steps}.")
-        negative_prompt = negative_prompt.strip() if negative_prompt and negative_prompt.strip() else None
         names = self.reward_names
-        targets = {name: float(targets.get(name, TARGET_MAX)) for name in names}
-        sampling = self.pipe.sampling(guidance, None if steps is None else int(steps))
+        # Exactly what the pipeline is asked, so the images and the record come from one request.
+        request: dict[str, Any] = {
+            "rewards": {name: float(targets.get(name, TARGET_MAX)) for name in names} if names else None,
+            "push": None if pushed in (None, "", NO_PUSH) else pushed,
+            "negative_prompt": negative_prompt.strip() if negative_prompt and negative_prompt.strip()
+            else MODEL_DEFAULT,
+            "guidance": guidance,
+            "steps": None if steps is None else int(steps),
+        }
         try:
-            pushing = push_negatives(names, pushed)
-            negatives = negative_targets(names, targets, pushing, sampling["guided_rewards"])
-        except RewardSpecError as err:
+            used = self.pipe.resolve(**request)
+        except (RewardSpecError, ValueError) as err:
             raise AppInputError(str(err)) from None
         seeds = [int(seed) + i for i in range(int(n))]
         start = time.perf_counter()
-        images = self.pipe(
-            [prompt] * len(seeds), rewards=targets if names else None,
-            negative_rewards=negatives if names else None, guidance=sampling["guidance"],
-            steps=sampling["steps"], seed=seeds, negative_prompt=negative_prompt,
-        )
+        images = self.pipe([prompt] * len(seeds), seed=seeds, **request)
         seconds = time.perf_counter() - start
-        self.seconds_per_image_step = seconds / (len(seeds) * sampling["steps"])
-        used = self.pipe.resolve(
-            targets if names else None, negatives if names else None, negative_prompt=negative_prompt,
-            guidance=sampling["guidance"], steps=sampling["steps"],
-        )
+        self.seconds_per_image_step = seconds / (len(seeds) * used["steps"])
         compute = compute_record(self.pipe.precision_choice, None)
         common = image_record(self.pipe, self.checkpoint, used, compute)
         records = [{"prompt": prompt, "seed": s, **common} for s in seeds]
@@ -166,7 +154,7 @@ def build_app(model: AppModel) -> Any:
             with gr.Column(scale=1):
                 prompt = gr.Textbox(label="Prompt", placeholder="a red circle", elem_id="prompt")
                 negative_prompt = gr.Textbox(
-                    label="Negative prompt (blank: the prompt itself, as MIRO samples)",
+                    label=f"Negative prompt (blank: the model's, {_negative_caption(defaults)})",
                     elem_id="negative-prompt",
                 )
                 with gr.Group():
@@ -174,7 +162,7 @@ def build_app(model: AppModel) -> Any:
                     sliders_a = [_slider(gr, name, "a") for name in names]
                 push = gr.Dropdown(
                     [NO_PUSH, *names], value=NO_PUSH, label="Push one reward",
-                    info="guidance against the same targets with this reward at 0 and every other at 10",
+                    info="guidance against the same targets with only this reward at 0",
                     elem_id="push",
                 )
                 with gr.Row():
@@ -240,6 +228,14 @@ def build_app(model: AppModel) -> Any:
         run.click(respond, inputs, outputs)
         prompt.submit(respond, inputs, outputs)
     return demo
+
+
+def _negative_caption(sampling: Mapping[str, Any]) -> str:
+    """The model's default negative caption, in words."""
+    caption = sampling.get("negative_prompt")
+    if caption is None:
+        return "the prompt itself, as MIRO samples"
+    return "the empty prompt" if caption == "" else repr(caption)
 
 
 def _slider(gr: Any, name: str, setting: str) -> Any:

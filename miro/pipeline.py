@@ -15,6 +15,11 @@ MIRO's own sampling options, each a key of the model's ``sampling`` defaults and
 same caption in both branches; ``""``: the empty prompt, the released MIRO pipeline's default),
 ``guidance_interval`` / ``guidance_ramp`` (:class:`miro.flow.guidance.GuidanceSchedule`). Targets snap
 to the levels the model was trained on (:func:`snap_targets`).
+
+A request is checked and completed in one place, :func:`resolve_request`, and sampled by one function,
+:func:`generate_request` (its velocity: :func:`conditioned_velocity`): the pipeline, ``miro-generate``'s
+check before loading, the web app, the training sample grid and GRPO's rollouts all go through them, so
+"the model's defaults" and "push one reward" mean the same everywhere.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from miro.flow.guidance import GuidanceSchedule, guided_velocity_fn, snap_to_level
+from miro.flow.guidance import GuidanceSchedule, SelfConditionedCalls, guided_velocity_fn, snap_to_level
 from miro.flow.sampling import VelocityFn, sample_euler
 from miro.pretrained import Pretrained, load_pretrained
 from miro.utils.hardware import PRECISION_CHOICES, keep_threads_fitting, resolve_precision
@@ -217,23 +222,91 @@ def branch_targets(
     return {n: requested.get(n, TARGET_MAX) for n in reward_names}, negatives
 
 
-def reward_condition(
+def resolve_request(
     reward_names: Sequence[str],
-    targets: Mapping[str, float] | str | None,
-    negative: Mapping[str, float] | str | None,
-    guided_rewards: Sequence[str] | None,
+    exported: Mapping[str, Any],
+    levels: Mapping[str, int],
+    rewards: Mapping[str, float] | str | None = None,
+    negative_rewards: Mapping[str, float] | str | None = None,
     push: str | None = None,
-    levels: Mapping[str, int] | None = None,
+    negative_prompt: str | None | _ModelDefault = MODEL_DEFAULT,
+    guidance: float | None = None,
+    steps: int | None = None,
+    guidance_interval: Sequence[float] | None | _ModelDefault = MODEL_DEFAULT,
+    guidance_ramp: str | None = None,
+    snap: bool = True,
+    shift: float | None = None,
+) -> dict[str, Any]:
+    """Everything one sampling request conditions on, as a JSON-ready record, for a model with
+    ``reward_names``, sampling defaults ``exported`` and trained ``levels`` ({} when unknown: targets are
+    then used as given): both branches' targets (each with the trained level actually used), the negative
+    caption (null = the same caption), guidance, its interval and ramp, steps, shift.
+
+    The one place a request is checked and completed: :meth:`MiroPipeline.resolve` (generation, the
+    app, evaluation), GRPO's rollouts, the training sample grid and ``miro-generate``'s check before the
+    model loads all call it. Errors are :class:`RewardSpecError` / ValueError with a one-line message."""
+    names = list(reward_names)
+    if not names and (rewards or negative_rewards or push):
+        raise RewardSpecError("this model was trained without reward conditioning; do not pass rewards")
+    out = sampling_settings(exported, guidance, steps, shift)
+    positive, negative = branch_targets(names, rewards, negative_rewards, out["guided_rewards"], push)
+    levels = levels if snap else {}
+    if negative_prompt is MODEL_DEFAULT:
+        negative_prompt = out.get("negative_prompt")
+    if guidance_interval is not MODEL_DEFAULT:
+        out["guidance_interval"] = list(guidance_interval) if guidance_interval is not None else None
+    if guidance_ramp is not None:
+        out["guidance_ramp"] = guidance_ramp
+    GuidanceSchedule.from_settings(out["guidance"], out["guidance_interval"], out["guidance_ramp"])
+    return out | {
+        "rewards": level_record(positive, levels),
+        "negative_rewards": level_record(negative, levels),
+        "push": canonical_reward_name(push, names) if push is not None else None,
+        "negative_prompt": negative_prompt,
+        "snap": bool(snap),
+    }
+
+
+def request_values(
+    reward_names: Sequence[str], used: Mapping[str, Any]
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """Conditioning values [R] of the positive and negative branch from user targets (0..10), built by
-    :func:`branch_targets` and, given ``levels``, snapped to the trained levels. None for a model
-    without rewards. Generation and GRPO's rollouts condition through this one function."""
+    """Conditioning values [R] in [0, 1] of the positive and negative branch of a
+    :func:`resolve_request` record (snapped where it snapped); None for a model without rewards."""
     if not reward_names:
         return None, None
-    positive, negatives = branch_targets(reward_names, targets, negative, guided_rewards, push)
-    if levels:
-        positive, negatives = snap_targets(positive, levels), snap_targets(negatives, levels)
-    return target_values(reward_names, positive), target_values(reward_names, negatives, default=0.0)
+    return tuple(  # type: ignore[return-value]
+        torch.tensor([used[branch][n]["value"] for n in reward_names], dtype=torch.float32)
+        for branch in ("rewards", "negative_rewards")
+    )
+
+
+def conditioned_velocity(
+    model: nn.Module,
+    tokens: torch.Tensor,
+    mask: torch.Tensor,
+    rewards: torch.Tensor | None,
+    neg_rewards: torch.Tensor | None,
+    neg_tokens: torch.Tensor | None,
+    neg_mask: torch.Tensor | None,
+    guidance: float,
+    guidance_interval: Sequence[float] | None = None,
+    guidance_ramp: str | None = None,
+    calls: SelfConditionedCalls | None = None,
+) -> VelocityFn:
+    """The guided velocity of one batch: rewards [B, R] (every one given) against ``neg_rewards`` and
+    the negative caption (None: the same caption), with guidance ``guidance`` on the schedule the
+    interval and ramp describe. Without rewards and without a negative caption there is nothing to
+    guide against: the conditional prediction alone. Generation and GRPO's policy both build their
+    velocity here, so a rollout is conditioned exactly as an image the pipeline makes. ``calls``: see
+    :func:`~miro.flow.guidance.guided_velocity_fn`."""
+    reward_mask = None if rewards is None else torch.ones_like(rewards, dtype=torch.bool)
+    use_guidance = guidance != 0 and (rewards is not None or neg_tokens is not None)
+    scale = float(guidance) if use_guidance else 0.0
+    return guided_velocity_fn(
+        model, tokens, mask, rewards, reward_mask, scale=scale,
+        neg_rewards=neg_rewards, neg_text_tokens=neg_tokens, neg_text_mask=neg_mask,
+        schedule=GuidanceSchedule.from_settings(scale, guidance_interval, guidance_ramp), calls=calls,
+    )
 
 
 @torch.no_grad()
@@ -283,24 +356,46 @@ def generate_images(
     neg_tokens = neg_mask = None
     if negative_prompts is not None:
         neg_tokens, neg_mask = encode_text(list(negative_prompts))
-    rewards = neg_rewards = reward_mask = None
+    rewards = neg_rewards = None
     if positive is not None:
         rewards = _per_image(positive, b, device)
-        reward_mask = torch.ones_like(rewards, dtype=torch.bool)
         neg_rewards = _per_image(negative if negative is not None else torch.zeros_like(positive), b, device)
-    use_guidance = guidance != 0 and (rewards is not None or neg_tokens is not None)
-    scale = guidance if use_guidance else 0.0
-    velocity = guided_velocity_fn(
-        model, tokens, mask, rewards, reward_mask, scale=scale,
-        neg_rewards=neg_rewards, neg_text_tokens=neg_tokens, neg_text_mask=neg_mask,
-        schedule=GuidanceSchedule.from_settings(scale, guidance_interval, guidance_ramp),
-    )
+    velocity = conditioned_velocity(model, tokens, mask, rewards, neg_rewards, neg_tokens, neg_mask,
+                                    guidance, guidance_interval, guidance_ramp)
     if precision == "bf16":
         velocity = autocast_velocity(velocity, device.type, torch.bfloat16)
     x = sample_euler(velocity, noise, steps=steps, shift=shift)
     if vae is not None:
         x = vae.decode(x)
     return to_uint8(x)
+
+
+def generate_request(
+    model: nn.Module,
+    encode_text: EncodeText,
+    prompts: Sequence[str],
+    image_size: int,
+    reward_names: Sequence[str],
+    used: Mapping[str, Any],
+    seed: int | Sequence[int] = 0,
+    vae: nn.Module | None = None,
+    device: torch.device | str = "cpu",
+    precision: str = "auto",
+) -> torch.Tensor:
+    """Images (uint8 [B, 3, H, W]) of ``prompts`` sampled as the :func:`resolve_request` record ``used``
+    says: its conditioning values, negative caption, guidance, interval, ramp, steps and shift. What
+    :class:`MiroPipeline` runs; the training sample grid runs it too, so its images are those the
+    export will make."""
+    prompts = list(prompts)
+    positive, negative = request_values(reward_names, used)
+    neg_prompt = used["negative_prompt"]
+    return generate_images(
+        model, encode_text, prompts, image_size, positive, negative,
+        guidance=used["guidance"], steps=used["steps"], shift=used["shift"], seed=seed,
+        negative_prompts=[neg_prompt] * len(prompts) if neg_prompt is not None else None,
+        vae=vae, device=device, precision=precision,
+        guidance_interval=used["guidance_interval"], guidance_ramp=used["guidance_ramp"],
+    )
 
 
 def autocast_velocity(velocity: VelocityFn, device_type: str, dtype: torch.dtype) -> VelocityFn:
@@ -390,29 +485,13 @@ class MiroPipeline:
         guidance_ramp: str | None = None,
         snap: bool = True,
     ) -> dict[str, Any]:
-        """Everything one call samples with, as a JSON-ready record: both branches' targets (each with
-        the trained level actually used), the negative caption (null = the same caption), guidance,
-        its interval and ramp, steps, shift. Errors are :class:`RewardSpecError` / ValueError."""
-        names = self.reward_names
-        if not names and (rewards or negative_rewards or push):
-            raise RewardSpecError("this model was trained without reward conditioning; do not pass rewards")
-        out = self.sampling(guidance, steps)
-        positive, negative = branch_targets(names, rewards, negative_rewards, out["guided_rewards"], push)
-        levels = self.levels if snap else {}
-        if negative_prompt is MODEL_DEFAULT:
-            negative_prompt = out.get("negative_prompt")
-        if guidance_interval is not MODEL_DEFAULT:
-            out["guidance_interval"] = list(guidance_interval) if guidance_interval is not None else None
-        if guidance_ramp is not None:
-            out["guidance_ramp"] = guidance_ramp
-        GuidanceSchedule.from_settings(out["guidance"], out["guidance_interval"], out["guidance_ramp"])
-        return out | {
-            "rewards": level_record(positive, levels),
-            "negative_rewards": level_record(negative, levels),
-            "push": canonical_reward_name(push, names) if push is not None else None,
-            "negative_prompt": negative_prompt,
-            "snap": bool(snap),
-        }
+        """Everything one call samples with, as a JSON-ready record (:func:`resolve_request` for this
+        model: its rewards, sampling defaults and trained levels). Errors are :class:`RewardSpecError` /
+        ValueError."""
+        return resolve_request(
+            self.reward_names, self.pretrained.sampling, self.levels, rewards, negative_rewards, push,
+            negative_prompt, guidance, steps, guidance_interval, guidance_ramp, snap,
+        )
 
     def encode_text(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         with torch.no_grad():
@@ -446,19 +525,11 @@ class MiroPipeline:
             raise ValueError(f"output must be 'pil' or 'tensor', got {output!r}")
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         keep_threads_fitting()  # threads=auto follows the machine's load between calls (a long evaluation)
-        names = self.reward_names
         used = self.resolve(rewards, negative_rewards, push, negative_prompt, guidance, steps,
                             guidance_interval, guidance_ramp, snap)
-        pos = neg = None
-        if names:
-            pos = torch.tensor([used["rewards"][n]["value"] for n in names], dtype=torch.float32)
-            neg = torch.tensor([used["negative_rewards"][n]["value"] for n in names], dtype=torch.float32)
-        neg_prompt = used["negative_prompt"]
-        images = generate_images(
-            self.pretrained.model, self.encode_text, prompts, self.pretrained.image_size, pos, neg,
-            guidance=used["guidance"], steps=used["steps"], shift=used["shift"], seed=seed,
-            negative_prompts=[neg_prompt] * len(prompts) if neg_prompt is not None else None,
-            vae=self.pretrained.vae, device=self.device, precision=self.precision,
-            guidance_interval=used["guidance_interval"], guidance_ramp=used["guidance_ramp"],
+        images = generate_request(
+            self.pretrained.model, self.encode_text, prompts, self.pretrained.image_size,
+            self.reward_names, used, seed=seed, vae=self.pretrained.vae, device=self.device,
+            precision=self.precision,
         )
         return images if output == "tensor" else to_pil(images)

@@ -11,7 +11,7 @@ import pytest
 from conftest import OFFLINE_REWARDS
 from tiny_models import export_tiny_model
 
-from miro.app import AppInputError, AppModel, enlarged, push_negatives
+from miro.app import AppInputError, AppModel, enlarged
 from miro.cli import app as app_cli
 from miro.cli import generate as generate_cli
 from miro.pipeline import MiroPipeline
@@ -23,15 +23,6 @@ def model(tmp_path_factory: pytest.TempPathFactory) -> AppModel:
     app = AppModel(MiroPipeline.from_pretrained(export), str(export), max_images=4)
     yield app
     app.close()
-
-
-def test_push_negatives() -> None:
-    assert push_negatives(OFFLINE_REWARDS, "none") is None and push_negatives(OFFLINE_REWARDS, None) is None
-    assert push_negatives(OFFLINE_REWARDS, "sharpness") == {
-        "alignment": 10.0, "sharpness": 0.0, "colorfulness": 10.0, "compressibility": 10.0
-    }
-    with pytest.raises(AppInputError, match="cannot push 'aesthetic'"):
-        push_negatives(OFFLINE_REWARDS, "aesthetic")
 
 
 def test_images_and_records_are_the_pipelines_and_miro_generates(model: AppModel, tmp_path: Path) -> None:
@@ -55,22 +46,38 @@ def test_images_and_records_are_the_pipelines_and_miro_generates(model: AppModel
     assert json.loads(Path(paths[0]).read_text()) == gen.records[0]
 
 
-def test_push_reaches_the_negative_branch(model: AppModel) -> None:
-    targets = dict.fromkeys(OFFLINE_REWARDS, 10.0)
+def test_push_is_the_pipelines_push(model: AppModel) -> None:
+    # Not every slider at 10: the negative branch copies the targets, with only the pushed reward at 0.
+    targets = dict.fromkeys(OFFLINE_REWARDS, 10.0) | {"sharpness": 4.0}
     pushed = model.generate("two blue squares", targets, pushed="colorfulness", seed=1)
-    plain = model.generate("two blue squares", targets, seed=1)
-    assert pushed.records[0]["negative_rewards"] == push_negatives(OFFLINE_REWARDS, "colorfulness")
+    plain = model.generate("two blue squares", targets, pushed="none", seed=1)
+    record = pushed.records[0]
+    assert record["push"] == "colorfulness"
+    assert record["negative_rewards"] == targets | {"colorfulness": 0.0}
+    assert plain.records[0]["push"] is None
     assert plain.records[0]["negative_rewards"] == dict.fromkeys(OFFLINE_REWARDS, 0.0)  # the model's default
-    by_hand = model.pipe("two blue squares", rewards=targets,
-                         negative_rewards=push_negatives(OFFLINE_REWARDS, "colorfulness"), seed=1)
-    assert np.array_equal(np.asarray(pushed.images[0]), np.asarray(by_hand[0]))
+    by_pipeline = model.pipe("two blue squares", rewards=targets, push="colorfulness", seed=1)
+    assert np.array_equal(np.asarray(pushed.images[0]), np.asarray(by_pipeline[0]))
     assert not np.array_equal(np.asarray(pushed.images[0]), np.asarray(plain.images[0]))
+
+
+def test_blank_negative_prompt_is_the_models_default(
+    model: AppModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A model whose default negative branch is the empty prompt (cc12m's) keeps it when the box is blank,
+    # as miro-generate without --negative-prompt does; a typed one replaces it.
+    sampling = model.pipe.pretrained.config["sampling"]
+    monkeypatch.setitem(model.pipe.pretrained.config, "sampling", sampling | {"negative_prompt": ""})
+    blank = model.generate("a red circle", {}, negative_prompt="  ", steps=1).records[0]
+    assert blank["negative_prompt"] == ""
+    typed = model.generate("a red circle", {}, negative_prompt=" blurry ", steps=1).records[0]
+    assert typed["negative_prompt"] == "blurry"
 
 
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [({"prompt": "  "}, "Enter a prompt"), ({"n": 5}, "between 1 and 4"), ({"steps": 0}, "at least 1"),
-     ({"pushed": "pick"}, "cannot push 'pick'")],
+     ({"pushed": "pick"}, "unknown reward 'pick'")],
 )
 def test_bad_input_is_a_message(model: AppModel, kwargs: dict, message: str) -> None:
     args = {"prompt": "a red circle", "targets": {}} | kwargs

@@ -91,6 +91,10 @@ CASES: dict[str, tuple[str, list[str], str, bool]] = {
     "generate-batch-size-zero": ("miro-generate", [*G, "--batch-size", "0"], "--batch-size must be", True),
     "generate-threads-zero": ("miro-generate", [*G, "--threads", "0"], "argument --threads", True),
     "generate-steps-not-a-number": ("miro-generate", [*G, "--steps", "x"], "argument --steps", True),
+    "generate-push-unknown-before-loading": (
+        "miro-generate", ["--checkpoint", "{tmp}/corrupt", *G[2:], "--push", "nope"], "unknown reward 'nope'",
+        True,
+    ),
     # miro-eval
     "eval-guidance-nan": ("miro-eval", [*E, "--guidance", "nan"], "--guidance must be a finite", True),
     "eval-out-is-a-file": ("miro-eval", [*E[:-1], "{tmp}/afile"], "exists and is not a directory", True),
@@ -153,6 +157,19 @@ CASES: dict[str, tuple[str, list[str], str, bool]] = {
     "rl-pretrained-missing": ("miro.rl", [*R[:1], "pretrained={tmp}/nothing", *R[2:]], "no such model", True),
     "rl-ckpt-pickle-payload": (
         "miro.rl", [*R, "ckpt_path={tmp}/pickle.ckpt"], "refused, it holds pickled", True
+    ),
+    # the rollouts' request is checked on config.json alone: the damaged weights are never read
+    "rl-target-unknown-before-loading": (
+        "miro.rl", [*R[:1], "pretrained={tmp}/corrupt", *R[2:], "module.targets='nope=3'"],
+        "unknown reward 'nope' for this model", True,
+    ),
+    "rl-push-with-negative-targets": (
+        "miro.rl", [*R, "module.push=sharpness", "module.negative_targets='colorfulness=1'"],
+        "either push or negative rewards", True,
+    ),
+    "rl-guidance-negative": ("miro.rl", [*R, "module.guidance=-1"], "module.guidance must be a finite", True),
+    "rl-guidance-not-a-number": (
+        "miro.rl", [*R, "module.guidance=high"], "module.guidance must be a number", True
     ),
     # miro-rewards
     "rewards-download-unknown": ("miro-rewards", ["download", "foo"], "unknown reward 'foo'", True),

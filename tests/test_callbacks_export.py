@@ -1,17 +1,22 @@
-"""ExportPretrained's periodic exports: one loadable export per N steps, holding that step's EMA weights."""
+"""ExportPretrained's periodic exports: one loadable export per N steps, holding that step's EMA weights;
+and SampleGrid, whose images are those the export makes with its sampling defaults."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import lightning as L
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import load_file
 
 from miro.config import compose_config
-from miro.lit.callbacks import ExportPretrained
+from miro.lit.callbacks import ExportPretrained, SampleGrid
+from miro.pipeline import MiroPipeline, image_grid
 from miro.pretrained import load_pretrained
 from miro.train import build
 
@@ -26,7 +31,7 @@ class _EmaAt(L.Callback):
         self.ema[trainer.global_step] = {k: v.clone() for k, v in pl_module.ema_model.state_dict().items()}
 
 
-def _train(scored_shapes: Path, out: Path, *extra: str) -> tuple[_EmaAt, L.Trainer]:
+def _train(scored_shapes: Path, out: Path, *extra: str, grid: bool = False) -> tuple[_EmaAt, L.Trainer]:
     cfg = compose_config(
         "train",
         [
@@ -38,7 +43,7 @@ def _train(scored_shapes: Path, out: Path, *extra: str) -> tuple[_EmaAt, L.Train
             "data.batch_size=4",
             "trainer.max_steps=5",
             "module.warmup_steps=1",
-            "~callbacks.sample_grid",
+            *([] if grid else ["~callbacks.sample_grid"]),
             "~callbacks.checkpoint",
             "logger=none",
             "trainer.enable_progress_bar=false",
@@ -121,3 +126,34 @@ def test_no_periodic_exports_by_default(scored_shapes: Path, tmp_path: Path) -> 
 def test_negative_interval_is_refused() -> None:
     with pytest.raises(ValueError, match="every_n_steps must be >= 0"):
         ExportPretrained("out", {}, every_n_steps=-1)
+
+
+def test_sample_grid_samples_as_the_exported_model(scored_shapes: Path, tmp_path: Path) -> None:
+    # MIRO's sampling options (cc12m's negative caption, a ramped guidance interval) in the run's defaults.
+    options = ['sampling.negative_prompt=""', "sampling.guidance_interval=[0.2,0.9]",
+               "sampling.guidance_ramp=linear", "sampling.guidance=3.0", "sampling.steps=3",
+               "callbacks.sample_grid.every_n_steps=0"]
+    _, trainer = _train(scored_shapes, tmp_path, *options, "trainer.max_steps=2", grid=True)
+    callback = next(cb for cb in trainer.callbacks if isinstance(cb, SampleGrid))
+    pipe = MiroPipeline.from_pretrained(tmp_path / "export")
+    assert pipe.pretrained.sampling["negative_prompt"] == "" and pipe.pretrained.bins is not None
+    rows = [pipe(callback.prompts, rewards=dict.fromkeys(pipe.reward_names, target), seed=callback.seed,
+                 output="tensor") for target in (10, 0)]
+    want = image_grid(torch.cat(rows), ncol=len(callback.prompts), upscale=callback.upscale)
+    grid = np.asarray(Image.open(tmp_path / "samples" / "step_0000002.png"))
+    assert np.array_equal(grid, want.permute(1, 2, 0).numpy())
+    # The options change the images: the grid's old settings (same caption, plain guidance) differ.
+    old = pipe(callback.prompts, negative_prompt=None, guidance_interval=None, guidance_ramp="constant",
+               seed=callback.seed, output="tensor")
+    assert not torch.equal(old, rows[0])
+
+
+def test_sample_grid_refuses_bad_sampling_before_training() -> None:
+    module = SimpleNamespace(reward_names=["alignment", "sharpness"])
+    grid = SampleGrid(["a red circle"], sampling={"guidance_interval": [0.9, 0.2]})
+    with pytest.raises(ValueError, match="guidance interval must satisfy"):
+        grid.setup(None, module, "fit")
+    grid = SampleGrid(["a red circle"], sampling={"guided_rewards": ["aesthetic"]})
+    with pytest.raises(ValueError, match="unknown reward 'aesthetic'"):
+        grid.setup(None, module, "fit")
+    SampleGrid(["a red circle"], sampling={"guided_rewards": ["alignment"]}).setup(None, module, "fit")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -130,3 +131,32 @@ def test_a_run_that_fails_midway_leaves_no_output(checkpoint: Path, tmp_path: Pa
         main(["--checkpoint", str(checkpoint), "--prompt", "a red circle", "--n", "2", "--batch-size", "1",
               "--out", str(out)])
     assert len(calls) == 2 and list(tmp_path.iterdir()) == []  # neither --out nor the staging directory
+
+
+def test_a_bad_sampling_default_in_config_json_is_one_line(checkpoint: Path, tmp_path: Path, capsys) -> None:
+    model = Path(shutil.copytree(checkpoint, tmp_path / "model"))
+    config = json.loads((model / "config.json").read_text())
+    config["sampling"]["guidance_interval"] = [0.9, 0.1]
+    (model / "config.json").write_text(json.dumps(config))
+    out = tmp_path / "out"
+    assert main(["--checkpoint", str(model), "--prompt", "a red circle", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "config.json 'sampling': guidance interval must satisfy" in err
+    assert not out.exists()
+    # The command line's own interval is checked first, and named as the option.
+    assert main(["--checkpoint", str(model), "--prompt", "a red circle", "--out", str(out),
+                 "--guidance-interval", "0.9,0.1"]) == 2
+    assert "--guidance-interval: guidance interval must satisfy" in capsys.readouterr().err
+
+
+def test_a_second_run_into_the_same_out_leaves_only_its_own_images(
+    checkpoint: Path, tmp_path: Path, capsys
+) -> None:
+    out = tmp_path / "out"
+    (tmp_path / "out").mkdir()
+    (out / "notes.txt").write_text("mine")  # not a file miro-generate writes: kept
+    base = ["--checkpoint", str(checkpoint), "--prompt", "a red circle", "--steps", "1", "--out", str(out)]
+    assert main([*base, "--n", "3"]) == 0
+    assert main([*base, "--n", "1"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["00000.json", "00000.png", "grid.png", "notes.txt"]
+    assert "removed 4 files of an earlier run's images" in capsys.readouterr().out

@@ -31,7 +31,8 @@ PROMPTS = ["a red circle", "two blue squares and a green triangle", "a yellow sq
 @pytest.fixture(scope="module")
 def pipe(tmp_path_factory: pytest.TempPathFactory, scored_shapes: Path) -> MiroPipeline:
     export = export_tiny_model(tmp_path_factory.mktemp("model"), scored_shapes / "bins.json")
-    return MiroPipeline.from_pretrained(export)
+    # fp32: the tests compare with float32 computations by hand; "auto" is bf16 on a CPU with AMX
+    return MiroPipeline.from_pretrained(export, precision="fp32")
 
 
 # -- --rewards parsing ---------------------------------------------------------------------------------

@@ -3,24 +3,30 @@ its adapters-off reference, resume, the Hydra experiments, and miro-generate on 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import pytest
 import torch
+from conftest import OFFLINE_REWARDS
 from omegaconf import OmegaConf
-from tiny_models import export_tiny_model
+from tiny_models import export_tiny_model, tiny_model
 
+from miro.checks import InputError
 from miro.cli import generate as generate_cli
 from miro.config import compose_config
+from miro.data.bins import RewardBins
 from miro.data.prompt_file import PromptFileError
+from miro.pipeline import MiroPipeline, to_uint8
 from miro.pretrained import load_pretrained
 from miro.rewards.base import RewardModel, register_reward
-from miro.rl.__main__ import build
+from miro.rl.__main__ import build, check_config
 from miro.rl.chunks import chunk_sampling_weights, relative_l1
 from miro.rl.module import GRPOModule, updates_per_iteration
 from miro.rl.prompts import PromptBatches, PromptDataModule, training_prompts
-from miro.rl.rollout import policy_step
+from miro.rl.rollout import PolicyCondition, policy_step, rollout
 
 PROMPTS = ["a red circle", "two blue squares"]
 
@@ -202,6 +208,8 @@ def test_bad_settings_are_named(export: Path) -> None:
         make_module(export, rewards="test_brightness=high")
     with pytest.raises(ValueError, match="unknown reward 'nope'"):
         make_module(export, targets="nope=3")
+    with pytest.raises(ValueError, match="noise_level must be a finite number >= 0"):
+        make_module(export, noise_level=-0.5)
     with pytest.raises(ValueError, match="kl must be one of flow_grpo, transition"):
         make_module(export, kl="exact")
     with pytest.raises(ValueError, match="clip ranges must be >= 0"):
@@ -334,3 +342,90 @@ def test_reward_targets_condition_the_rollouts_and_ema_is_exported(export: Path,
     assert any(not torch.equal(policy[k], ema[k]) for k in policy)
     exported = load_pretrained(module.export(tmp_path / "ema_export")).model.state_dict()
     assert all(torch.equal(exported[k], ema[k]) for k in ema)
+
+
+@pytest.fixture(scope="module")
+def cc12m_like_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny model with 16 trained levels per reward and MIRO's sampling options set: the empty prompt
+    as the negative caption, and guidance on part of the trajectory, ramped."""
+    root = tmp_path_factory.mktemp("rl_cc12m_like")
+    RewardBins.fit({n: np.arange(160.0) for n in OFFLINE_REWARDS}, n_bins=16).save(root / "bins.json")
+    export = export_tiny_model(root / "export", root / "bins.json")
+    config = json.loads((export / "config.json").read_text())
+    config["sampling"] |= {"negative_prompt": "", "guidance_interval": [0.2, 0.9], "guidance_ramp": "linear"}
+    (export / "config.json").write_text(json.dumps(config))
+    return export
+
+
+def test_rollouts_condition_exactly_as_the_pipeline(cc12m_like_export: Path) -> None:
+    module = make_module(cc12m_like_export, targets="alignment=9")
+    pipe = MiroPipeline.from_pretrained(cc12m_like_export, precision="fp32")
+    used = pipe.resolve("alignment=9", steps=4)
+    # One record: 9 snapped to level 14 of 16 (0.9 * 15 = 13.5 rounds up), the model's empty negative
+    # prompt, its guidance interval and ramp.
+    assert module.request == used
+    assert {k: v for k, v in used["rewards"]["alignment"].items() if k != "value"} == {
+        "target": 9.0, "level": 14, "levels": 16
+    }
+    assert module.positive[0] == pytest.approx(14 / 15) and module.positive[1] == 1.0
+    assert (used["negative_prompt"], used["guidance_interval"], used["guidance_ramp"]) == ("", [0.2, 0.9],
+                                                                                          "linear")
+    condition = module._condition(PROMPTS)
+    empty, empty_mask = pipe.encode_text(["", ""])
+    assert torch.equal(condition.neg_tokens, empty) and torch.equal(condition.neg_mask, empty_mask)
+    # Without the SDE's noise a rollout is the Euler sampler: from the pipeline's noise, its images.
+    noise = torch.stack([torch.randn(3, 24, 24, generator=torch.Generator().manual_seed(s)) for s in (0, 1)])
+    states, *_ = rollout(module.policy, condition, noise, module._timesteps(), noise_level=0.0)
+    want = pipe(PROMPTS, rewards="alignment=9", steps=4, seed=0, output="tensor")
+    torch.testing.assert_close(to_uint8(states[-1]).int(), want.int(), atol=1, rtol=0)
+    # ... which the conditioning GRPO used before (0.9 unsnapped, the same caption, plain guidance) is not.
+    raw = module.positive.clone()
+    raw[0] = 0.9
+    old = PolicyCondition(condition.tokens, condition.mask, raw.expand(2, -1), condition.neg_rewards, 1.5)
+    before, *_ = rollout(module.policy, old, noise, module._timesteps(), noise_level=0.0)
+    assert (to_uint8(before[-1]).int() - want.int()).abs().float().mean() > 0.5
+    # And with the SDE's noise, the first update still re-scores the rollouts bit for bit.
+    batch = module.collect(PROMPTS, iteration=0)
+    new, _ = module.step_log_probs(batch, torch.arange(16), range(4))
+    assert torch.equal(new.detach(), batch["log_probs"].T)
+
+
+def test_push_conditions_the_negative_branch_as_miro_generate(export: Path) -> None:
+    pushed = make_module(export, push="colorfulness", targets="sharpness=4")
+    names = pushed.reward_names
+    want = {"alignment": 1.0, "sharpness": 0.4, "colorfulness": 0.0, "compressibility": 1.0}
+    assert pushed.negative.tolist() == pytest.approx([want[n] for n in names])  # targets, pushed one at 0
+    assert pushed.request["push"] == "colorfulness"
+
+
+def test_a_self_conditioned_network_is_rescored_with_its_recorded_tokens(export: Path) -> None:
+    pretrained = load_pretrained(export)
+    pretrained.model = tiny_model(self_conditioning=True)
+    # two rollout batches of 8, so the recorded tokens are joined across batches
+    module = GRPOModule(pretrained, rewards="test_brightness", steps=4, group_size=8, rollout_batch_size=8,
+                        train_batch_size=16)
+    batch = module.collect(PROMPTS, iteration=0)
+    recorded = batch["self_conditioning"]
+    assert [sorted(r) for r in recorded] == [[]] + [["neg", "pos"]] * 3  # none before the first step
+    assert recorded[1]["pos"].shape[0] == 16
+    new, _ = module.step_log_probs(batch, torch.arange(16), range(4))
+    assert torch.equal(new.detach(), batch["log_probs"].T)  # the first ratio is exactly 1
+    # Without them a re-scored step would be another policy's.
+    forgetful = batch | {"self_conditioning": [{} for _ in recorded]}
+    other, _ = module.step_log_probs(forgetful, torch.arange(16), range(4))
+    assert not torch.equal(other.detach(), batch["log_probs"].T)
+    # A noiseless rollout is the pipeline's image of the self-conditioned model.
+    condition = module._condition(PROMPTS)
+    noise = torch.stack([torch.randn(3, 24, 24, generator=torch.Generator().manual_seed(s)) for s in (0, 1)])
+    states, *_ = rollout(module.policy, condition, noise, module._timesteps(), noise_level=0.0)
+    want = MiroPipeline(pretrained, precision="fp32")(PROMPTS, steps=4, seed=0, output="tensor")
+    torch.testing.assert_close(to_uint8(states[-1]).int(), want.int(), atol=1, rtol=0)
+
+
+def test_check_config_resolves_the_request_as_the_module_does(export: Path, tmp_path: Path) -> None:
+    base = [f"pretrained={export}", f"paths.output_dir={tmp_path}", "module.rewards=test_brightness"]
+    check_config(compose_config("rl", [*base, "+module.targets={sharpness: 3}", "module.push=color"]))
+    with pytest.raises(InputError, match="unknown reward 'nope' for this model"):
+        check_config(compose_config("rl", [*base, "+module.targets={nope: 3}"]))
+    with pytest.raises(InputError, match="must be between 0 and 10"):
+        check_config(compose_config("rl", [*base, "module.negative_targets='alignment=12'"]))

@@ -21,17 +21,20 @@ SAMPLING = {"guidance": 1.5, "steps": 3, "shift": 1.0}
 
 
 def tiny_model(
-    reward_names: Sequence[str] = OFFLINE_REWARDS, seed: int = 0, hidden: int | None = None
+    reward_names: Sequence[str] = OFFLINE_REWARDS, seed: int = 0, hidden: int | None = None,
+    self_conditioning: bool = False,
 ) -> MiroDiT:
     """A 24 px tiny DiT whose every weight, the zero-initialised output and gates included, is
-    perturbed with seeded noise: its images are neither blank nor independent of text and rewards."""
+    perturbed with seeded noise: its images are neither blank nor independent of text and rewards
+    (nor, with ``self_conditioning``, of the previous step's tokens)."""
     torch.manual_seed(seed)
-    extra = {} if hidden is None else {"hidden_size": hidden, "depth": 2, "num_heads": 2}
-    if extra:
-        model = MiroDiT(24, 3, 4, **extra, text_dim=16, reward_names=list(reward_names))
+    sc = {"self_conditioning": True} if self_conditioning else {}
+    if hidden is not None:
+        model = MiroDiT(24, 3, 4, hidden_size=hidden, depth=2, num_heads=2, text_dim=16,
+                        reward_names=list(reward_names), **sc)
     else:
         model = MiroDiT.from_size("tiny", image_size=24, in_channels=3, patch_size=4, text_dim=16,
-                                  reward_names=list(reward_names))
+                                  reward_names=list(reward_names), **sc)
     gen = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
         for p in model.parameters():

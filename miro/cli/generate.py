@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import torch
 from PIL import Image
@@ -25,12 +27,17 @@ from miro.pipeline import (
     MiroPipeline,
     RewardSpecError,
     image_grid,
-    negative_targets,
-    parse_reward_spec,
+    resolve_request,
 )
 from miro.pretrained import WEIGHTS, CheckpointError, file_hash, read_config
 from miro.rewards.base import available_rewards
 from miro.utils.hardware import compute_record, describe
+
+IMAGE_FILE = re.compile(r"\d{5}\.(png|json)")  # the names this command gives its images and records
+
+
+class UsageError(ValueError):
+    """A bad command-line value that argparse cannot check by itself."""
 
 
 def _epilog() -> str:
@@ -114,10 +121,6 @@ def miro_sampling_options(args: argparse.Namespace) -> dict:
             "guidance_ramp": args.guidance_ramp, "snap": not args.no_snap}
 
 
-class UsageError(ValueError):
-    """A bad command-line value that argparse cannot check by itself."""
-
-
 def read_prompts(args: argparse.Namespace) -> list[str]:
     """--prompt values, or the non-empty lines of --prompts-file that are not ``#`` comments."""
     if args.prompt:
@@ -129,10 +132,6 @@ def read_prompts(args: argparse.Namespace) -> list[str]:
             raise UsageError(str(err)) from None
     if not prompts or not all(prompts):
         raise UsageError("no prompts given (or an empty --prompt)")
-    for name in ("n", "steps", "batch_size"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
     return prompts
 
 
@@ -160,25 +159,40 @@ def image_record(pipe: MiroPipeline, checkpoint: str | Path, used: dict, compute
         "checkpoint": str(checkpoint),
         "checkpoint_sha256": file_hash(Path(pipe.pretrained.path) / WEIGHTS),
     }
-def check_request(args: argparse.Namespace) -> list[str]:
-    """Everything about the request that can be checked before the model is loaded; the prompts."""
+
+
+def check_request(args: argparse.Namespace) -> tuple[list[str], dict[str, Any]]:
+    """Everything about the request that can be checked before the model is loaded (a bad reward, push
+    or sampling option is one line at once, not after the weights are read): the prompts and the
+    pipeline's keyword arguments. The reward request is checked by the function
+    :meth:`MiroPipeline.resolve` calls, :func:`resolve_request`, on config.json's reward names and
+    sampling defaults, so the two checks cannot disagree."""
     prompts = read_prompts(args)
+    for name in ("n", "steps", "batch_size"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
     check_guidance(args.guidance)
     check_device(args.device)
     check_out_dir(args.out)
-    config = read_config(args.checkpoint)  # the reward names, without building the model
-    names = [str(n) for n in config["reward_names"]]
-    targets = parse_reward_spec(args.rewards, names)
-    negative_targets(names, targets, args.negative_rewards, config.get("sampling", {}).get("guided_rewards"))
-    return prompts
+    options = miro_sampling_options(args)
+    config = read_config(args.checkpoint)  # the reward names and sampling defaults, without the model
+    names, sampling = [str(n) for n in config["reward_names"]], config.get("sampling") or {}
+    try:
+        resolve_request(names, sampling, {}, args.rewards, args.negative_rewards, guidance=args.guidance,
+                        steps=args.steps, **options)
+    except RewardSpecError:
+        raise
+    except (TypeError, ValueError) as err:  # the command line is checked above: the model's defaults
+        raise CheckpointError(f"{args.checkpoint}: config.json 'sampling': {err}") from None
+    return prompts, options
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         threads = set_threads(args.threads)
-        prompts = check_request(args)
-        options = miro_sampling_options(args)
+        prompts, options = check_request(args)
         pipe = MiroPipeline.from_pretrained(args.checkpoint, args.device, args.precision)
         print(f"miro-generate: {describe(pipe.precision_choice, threads)}")
         used = pipe.resolve(args.rewards, args.negative_rewards, guidance=args.guidance, steps=args.steps,
@@ -216,11 +230,19 @@ def main(argv: list[str] | None = None) -> int:
         grid = image_grid(torch.stack(images), ncol=ncol, upscale=4)
         Image.fromarray(grid.permute(1, 2, 0).numpy()).save(staging / "grid.png")
         args.out.mkdir(parents=True, exist_ok=True)
-        for path in sorted(staging.iterdir()):
+        written = sorted(staging.iterdir())
+        for path in written:
             path.replace(args.out / path.name)
+        # An earlier run into the same --out with more images left files this run did not replace:
+        # without them the directory holds exactly this run's images, as grid.png shows them.
+        new = {path.name for path in written}
+        stale = [p for p in args.out.iterdir() if IMAGE_FILE.fullmatch(p.name) and p.name not in new]
+        for path in stale:
+            path.unlink()
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    print(f"Wrote {len(images)} images (PNG + JSON each) and grid.png to {args.out}")
+    removed = f" (removed {len(stale)} files of an earlier run's images there)" if stale else ""
+    print(f"Wrote {len(images)} images (PNG + JSON each) and grid.png to {args.out}{removed}")
     return 0
 
 

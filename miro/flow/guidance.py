@@ -164,6 +164,7 @@ def guided_velocity_fn(
     neg_text_tokens: torch.Tensor | None = None,
     neg_text_mask: torch.Tensor | None = None,
     schedule: GuidanceSchedule | None = None,
+    calls: SelfConditionedCalls | None = None,
 ) -> VelocityFn:
     """Wrap ``model`` into ``velocity_fn(x, t)`` applying reward (and optionally text) guidance.
 
@@ -171,11 +172,13 @@ def guided_velocity_fn(
     ``neg_rewards`` (default: all zeros, i.e. every reward at its lowest level), ``neg_reward_mask``
     (default: the positive mask) and ``neg_text_*`` (default: the positive caption). With ``scale == 0``
     only the positive branch is evaluated. ``schedule`` (its scale must equal ``scale``) makes w depend on
-    t; at steps where w(t) = 0 only the positive branch runs. Call with the model in eval mode.
+    t; at steps where w(t) = 0 only the positive branch runs. ``calls``: the self-conditioning state to
+    continue from (default: a fresh trajectory); GRPO passes one to record and restore it per step. Call
+    with the model in eval mode.
     """
     if schedule is not None and schedule.scale != scale:
         raise ValueError(f"schedule.scale {schedule.scale} differs from scale {scale}")
-    calls = SelfConditionedCalls(model)
+    calls = calls if calls is not None else SelfConditionedCalls(model)
     if scale == 0:
         def conditional(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             return calls(["pos"], x, t, text_tokens, text_mask, rewards, reward_mask)

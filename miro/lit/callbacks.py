@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from miro.pipeline import generate_images, image_grid, negative_targets, target_values
+from miro.pipeline import generate_request, image_grid, resolve_request, trained_levels
 from miro.pretrained import periodic_export, save_pretrained
 
 log = logging.getLogger(__name__)
@@ -44,28 +45,48 @@ class ImagesPerSecond(L.Callback):
 class SampleGrid(L.Callback):
     """Every ``every_n_steps``, sample fixed prompts with fixed seeds at high and at low reward targets
     (EMA weights) and log the grid to TensorBoard and as a PNG: the quickest way to see whether a run
-    learns, and whether the reward conditioning does anything."""
+    learns, and whether the reward conditioning does anything.
+
+    The grid samples as the exported model will: ``sampling`` is the export's sampling defaults (the
+    config's ``sampling``: negative branch and caption, guidance interval and ramp, shift), the targets
+    snap to the levels of the run's bins, and the images come from the pipeline's own code
+    (:func:`miro.pipeline.resolve_request`, :func:`miro.pipeline.generate_request`). ``steps`` and
+    ``guidance`` override the defaults (None: the sampling's)."""
 
     def __init__(
         self,
         prompts: list[str],
         every_n_steps: int = 500,
-        steps: int = 25,
-        guidance: float = 1.0,
+        sampling: Mapping[str, Any] | None = None,
+        steps: int | None = None,
+        guidance: float | None = None,
         high: float = 10.0,
         low: float = 0.0,
         seed: int = 0,
         out_dir: str | None = None,
-        guided_rewards: list[str] | None = None,
         upscale: int = 4,
     ) -> None:
         self.upscale = upscale  # nearest-neighbour, so tiny images are visible in TensorBoard
         self._last_step: int | None = None
         self.prompts = list(prompts)
-        self.guided_rewards = list(guided_rewards) if guided_rewards is not None else None
+        self.sampling = _plain(sampling)
         self.every_n_steps = every_n_steps
         self.steps, self.guidance, self.high, self.low, self.seed = steps, guidance, high, low, seed
         self.out_dir = Path(out_dir) if out_dir else None
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        # A bad sampling setting fails before training, not at the first grid hundreds of steps in.
+        self.requests(pl_module.reward_names, {})
+
+    def requests(self, names: list[str], levels: Mapping[str, int]) -> list[dict[str, Any]]:
+        """The resolved request of each row: every reward at the high target, then at the low one."""
+        if not names:
+            return [resolve_request(names, self.sampling, levels, guidance=self.guidance, steps=self.steps)]
+        return [
+            resolve_request(names, self.sampling, levels, dict.fromkeys(names, target),
+                            guidance=self.guidance, steps=self.steps)
+            for target in (self.high, self.low)
+        ]
 
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
@@ -82,31 +103,8 @@ class SampleGrid(L.Callback):
     @rank_zero_only
     @torch.no_grad()
     def log_grid(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        rows = []
-        names = pl_module.reward_names
-        levels = [self.high, self.low] if names else [None]
-        for level in levels:
-            pos = neg = None
-            if names:
-                requested = dict.fromkeys(names, level)
-                pos = target_values(names, requested)
-                neg = target_values(names, negative_targets(names, requested, None, self.guided_rewards))
-            rows.append(
-                generate_images(
-                    pl_module.ema_model,
-                    lambda c: pl_module.encode_text(c, ema=True),
-                    self.prompts,
-                    image_size=trainer.datamodule.image_size,
-                    positive=pos,
-                    negative=neg,
-                    guidance=self.guidance,
-                    steps=self.steps,
-                    seed=self.seed,
-                    vae=pl_module.vae,
-                    device=pl_module.device,
-                )
-            )
-        grid = image_grid(torch.cat(rows), ncol=len(self.prompts), upscale=self.upscale)
+        grid = image_grid(torch.cat(self.sample_rows(trainer, pl_module)), ncol=len(self.prompts),
+                          upscale=self.upscale)
         step = trainer.global_step
         self._last_step = step
         for logger in trainer.loggers:
@@ -118,6 +116,20 @@ class SampleGrid(L.Callback):
 
             self.out_dir.mkdir(parents=True, exist_ok=True)
             Image.fromarray(grid.permute(1, 2, 0).numpy()).save(self.out_dir / f"step_{step:07d}.png")
+
+    def sample_rows(self, trainer: L.Trainer, pl_module: L.LightningModule) -> list[torch.Tensor]:
+        """One row of images (uint8 [P, 3, H, W]) per target level, high first: every reward at that
+        target, resolved and sampled as MiroPipeline does for the export of this step."""
+        names = list(pl_module.reward_names)
+        levels = trained_levels(getattr(trainer.datamodule, "bins", None), names)
+        rows = []
+        for used in self.requests(names, levels):
+            rows.append(generate_request(
+                pl_module.ema_model, lambda c: pl_module.encode_text(c, ema=True), self.prompts,
+                trainer.datamodule.image_size, names, used, seed=self.seed, vae=pl_module.vae,
+                device=pl_module.device,
+            ))
+        return rows
 
 
 class ExportPretrained(L.Callback):
@@ -183,5 +195,5 @@ class ExportPretrained(L.Callback):
         return path
 
 
-def _plain(cfg: DictConfig | dict | None) -> dict:
+def _plain(cfg: DictConfig | Mapping | None) -> dict:
     return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg or {})

@@ -12,9 +12,16 @@ from pathlib import Path
 import hydra
 import lightning as L
 from hydra.utils import instantiate
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
-from miro.checks import InputError, check_accelerator, check_int, check_resume_checkpoint, check_threads
+from miro.checks import (
+    InputError,
+    check_accelerator,
+    check_guidance,
+    check_int,
+    check_resume_checkpoint,
+    check_threads,
+)
 from miro.config import (
     CONF_DIR,
     instantiate_group,
@@ -25,6 +32,8 @@ from miro.config import (
 )
 from miro.lit.interrupt import CheckpointOnSigterm, fit_or_exit, fresh_run_dir
 from miro.lit.threads import KeepThreadsFitting
+from miro.pipeline import RewardSpecError, resolve_request
+from miro.pretrained import read_config
 from miro.rl.module import parse_reward_weights, updates_per_iteration
 from miro.scoring import reward_specs
 from miro.usage import USAGE_EXIT_CODE, usage_errors
@@ -70,14 +79,19 @@ def build(cfg: DictConfig) -> tuple[L.LightningModule, L.LightningDataModule, L.
 
 def check_config(cfg: DictConfig) -> None:
     """What can be wrong with the composed config, checked before the model is loaded or a rollout runs:
-    the reward names (unknown ones used to surface only after the first rollouts), counts, the device
-    and the checkpoint to resume from."""
+    the reward names (unknown ones used to surface only after the first rollouts), counts, the device,
+    the checkpoint to resume from, and the rollouts' request (targets, negative branch, push) against the
+    model's config.json, by the function the module and the pipeline resolve it with."""
     check_threads(cfg.get("threads"))
     for field in ("iterations", "checkpoint_every"):
         check_int(cfg.get(field), field)
     check_int(cfg.data.get("prompts_per_iteration"), "data.prompts_per_iteration")
     for field in ("group_size", "rollout_batch_size", "train_batch_size", "inner_epochs", "steps"):
         check_int(cfg.module.get(field), f"module.{field}")
+    guidance = cfg.module.get("guidance")
+    if guidance is not None and (isinstance(guidance, bool) or not isinstance(guidance, int | float)):
+        raise InputError(f"module.guidance must be a number or null (the model's), got {guidance!r}")
+    check_guidance(guidance, "module.guidance")
     try:
         weights = parse_reward_weights(cfg.module.rewards)
     except ValueError as err:
@@ -86,6 +100,29 @@ def check_config(cfg: DictConfig) -> None:
     reward_specs(names)  # resolves every name or alias: an unknown one is named with the valid ones
     check_accelerator(cfg.trainer)
     check_resume_checkpoint(cfg.get("ckpt_path"))
+    check_request(cfg)
+
+
+def check_request(cfg: DictConfig) -> None:
+    """``module.targets`` / ``negative_targets`` / ``push`` against the model's rewards and sampling
+    defaults (config.json only: nothing is built), as :class:`~miro.rl.module.GRPOModule` resolves them."""
+    config = read_config(str(cfg.pretrained))
+    module = cfg.module
+    try:
+        resolve_request(
+            [str(n) for n in config["reward_names"]], config.get("sampling") or {}, {},
+            _plain(module.get("targets")), _plain(module.get("negative_targets")), module.get("push"),
+            guidance=module.get("guidance"), steps=module.get("steps"), shift=module.get("shift"),
+        )
+    except RewardSpecError as err:
+        raise InputError(f"module.targets/negative_targets/push: {err}") from None
+    except (TypeError, ValueError) as err:
+        raise InputError(f"module.shift or the model's sampling defaults ({cfg.pretrained}): {err}") from None
+
+
+def _plain(value: object) -> object:
+    """A config node as plain Python (a mapping of targets stays a mapping)."""
+    return OmegaConf.to_container(value) if isinstance(value, DictConfig) else value
 
 
 def run(cfg: DictConfig) -> Path | None:
@@ -113,7 +150,6 @@ def main(cfg: DictConfig) -> None:
         raise
     if export is None:
         return
-    out = Path(cfg.paths.output_dir)
     print(f"Run directory:     {out}   (config.yaml: the composed config)")
     print(f"Checkpoints:       {out / 'checkpoints'}   (resume with ckpt_path=<dir>/last.ckpt)")
     if (out / "rollouts").exists():

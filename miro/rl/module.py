@@ -27,6 +27,7 @@ from __future__ import annotations
 import copy
 import io
 import logging
+import math
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from functools import partial
@@ -42,7 +43,14 @@ from miro.data.datamodule import step_seed
 from miro.data.shards import write_bytes_atomic
 from miro.flow.sampling import sample_euler, time_schedule
 from miro.lit.ema import ema_decay_at, update_ema
-from miro.pipeline import PRECISIONS, image_grid, reward_condition, sampling_settings, to_uint8
+from miro.pipeline import (
+    PRECISIONS,
+    image_grid,
+    request_values,
+    resolve_request,
+    to_uint8,
+    trained_levels,
+)
 from miro.pretrained import Pretrained, load_pretrained, save_pretrained
 from miro.rewards.base import RewardModel
 from miro.rl.chunks import (
@@ -121,6 +129,7 @@ class GRPOModule(L.LightningModule):
         monitor_rewards: Sequence[str] = (),
         targets: Mapping[str, float] | str | None = None,
         negative_targets: Mapping[str, float] | str | None = None,
+        push: str | None = None,
         guidance: float | None = None,
         steps: int = 10,
         shift: float | None = None,
@@ -157,13 +166,18 @@ class GRPOModule(L.LightningModule):
         self.pretrained.text_encoder.requires_grad_(False).eval()
         if self.pretrained.vae is not None:
             self.pretrained.vae.requires_grad_(False).eval()
-        sampling = sampling_settings(self.pretrained.sampling, guidance, shift=shift)
         self.reward_names = list(self.pretrained.reward_names)
         self.reward_weights = parse_reward_weights(rewards)
         self.monitor_names = [n for n in monitor_rewards if n not in self.reward_weights]
-        self.positive, self.negative = reward_condition(
-            self.reward_names, targets, negative_targets, sampling["guided_rewards"]
+        # The rollouts' request, completed as MiroPipeline completes it (the model's negative caption,
+        # guidance interval and ramp; targets snapped to the trained levels), so GRPO trains the images
+        # miro-generate makes for the same targets. Recorded in the export.
+        self.request = resolve_request(
+            self.reward_names, self.pretrained.sampling,
+            trained_levels(self.pretrained.bins, self.reward_names), targets, negative_targets, push,
+            guidance=guidance, steps=int(steps), shift=shift,
         )
+        self.positive, self.negative = request_values(self.reward_names, self.request)
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         for name, value in (
@@ -174,15 +188,17 @@ class GRPOModule(L.LightningModule):
         ):
             if value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
+        if not (math.isfinite(noise_level) and noise_level >= 0):
+            raise ValueError(f"noise_level must be a finite number >= 0 (0: the ODE), got {noise_level}")
         if kl not in KL_FORMS:
             raise ValueError(f"kl must be one of {', '.join(KL_FORMS)}, got {kl!r}")
         clip_bounds(clip_range, clip_low, clip_high)  # raises on negative ranges
         if skip_last_step and int(steps) < 2:
             raise ValueError("skip_last_step needs at least 2 steps (it leaves the last one untrained)")
         self.hp = dict(
-            guidance=sampling["guidance"],
+            guidance=self.request["guidance"],
             steps=int(steps),
-            shift=sampling["shift"],
+            shift=self.request["shift"],
             noise_level=noise_level,
             group_size=group_size,
             rollout_batch_size=rollout_batch_size,
@@ -295,12 +311,20 @@ class GRPOModule(L.LightningModule):
         return list(prompts[rank * per_rank : (rank + 1) * per_rank]), rank * per_rank
 
     def _condition(self, prompts: list[str]) -> PolicyCondition:
+        n = len(prompts)
+        neg_prompt = self.request["negative_prompt"]
+        neg_tokens = neg_mask = None
         with torch.no_grad():
             tokens, mask = self.pretrained.text_encoder(prompts)
-        n = len(prompts)
+            if neg_prompt is not None:  # as the pipeline encodes it: one copy per image
+                neg_tokens, neg_mask = self.pretrained.text_encoder([neg_prompt] * n)
+                neg_tokens, neg_mask = neg_tokens.to(self.device), neg_mask.to(self.device)
         pos = self.positive.to(self.device).expand(n, -1) if self.positive is not None else None
         neg = self.negative.to(self.device).expand(n, -1) if self.negative is not None else None
-        return PolicyCondition(tokens.to(self.device), mask.to(self.device), pos, neg, self.hp["guidance"])
+        return PolicyCondition(
+            tokens.to(self.device), mask.to(self.device), pos, neg, self.hp["guidance"], neg_tokens, neg_mask,
+            self.request["guidance_interval"], self.request["guidance_ramp"],
+        )
 
     def _timesteps(self) -> list[float]:
         return time_schedule(self.hp["steps"], self.hp["shift"]).tolist()
@@ -330,11 +354,11 @@ class GRPOModule(L.LightningModule):
         noise = torch.cat([d[0] for d in draws]).to(self.device)
         step_noise = torch.cat([d[1] for d in draws], 1).to(self.device)
         timesteps = self._timesteps()
-        states, log_probs = [], []
+        states, log_probs, previous = [], [], []
         bs = self.hp["rollout_batch_size"]
         for start in range(0, len(expanded), bs):
             part = slice(start, start + bs)
-            s, lp = rollout(
+            s, lp, prev = rollout(
                 self.policy,
                 condition.take(part),
                 noise[part],
@@ -345,7 +369,14 @@ class GRPOModule(L.LightningModule):
             )
             states.append(s)
             log_probs.append(lp)
+            previous.append(prev)
         states_t, log_probs_t = torch.cat(states, 1), torch.cat(log_probs, 1)
+        # A self-conditioned network's input from the step before, per step and branch (every part ran the
+        # same schedule, so the same branches): the update re-scores each step with it.
+        self_conditioning = [
+            {branch: torch.cat([part[i][branch] for part in previous]) for branch in previous[0][i]}
+            for i in range(len(timesteps) - 1)
+        ]
         final = states_t[-1]
         with torch.no_grad():
             pixels = self.pretrained.vae.decode(final) if self.pretrained.vae is not None else final
@@ -370,6 +401,7 @@ class GRPOModule(L.LightningModule):
             condition=condition,
             states=states_t,
             log_probs=log_probs_t,
+            self_conditioning=self_conditioning,
             timesteps=timesteps,
             images=images,
             scores=scores,
@@ -391,6 +423,7 @@ class GRPOModule(L.LightningModule):
                 policy_step, condition=condition, x=batch["states"][i][index], t=ts[i], t_next=ts[i + 1],
                 noise_level=self.hp["noise_level"], x_next=batch["states"][i + 1][index],
                 precision=self.hp["precision"],
+                previous={b: v[index] for b, v in batch["self_conditioning"][i].items()},
             )  # fmt: skip
             step = transition(self.policy)
             log_probs.append(step.log_prob)
@@ -590,6 +623,7 @@ class GRPOModule(L.LightningModule):
                     "l1rel": self.l1rel,
                     "rollout_l1rel": self.rollout_l1rel,
                     "rewards": self.reward_weights,
+                    "request": self.request,  # what the rollouts were conditioned on
                     **(extra or {}),
                 }
             },

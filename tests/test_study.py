@@ -450,3 +450,25 @@ def test_cli_report_and_dry_run(saved: Study, capsys: pytest.CaptureFixture) -> 
     # The core's miro-eval no longer carries the study; it says where it went.
     assert eval_cli.main(["report", "--scale", "test"]) == 2
     assert "make report" in capsys.readouterr().err
+
+
+def test_make_report_runs_the_study_with_its_variables() -> None:
+    """`make report REPORT_SCALE=... REPORT_SEEDS=... REPORT_RUN=1 ARGS=...` is the study's entry."""
+
+    def made(*variables: str) -> list[str]:
+        command = ["make", "-n", "--no-print-directory", "-o", "setup", "-o", ".venv/.installed", "report"]
+        run = subprocess.run(
+            [*command, "PY=py", *variables],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            check=True,
+            env=environment(),
+        )
+        return shlex.split(run.stdout.replace("\\\n", " "))
+
+    study = ["py", "-m", "miro.shapes.study"]
+    assert made("REPORT_SCALE=test", "REPORT_SEEDS=0,1", "REPORT_RUN=1", "ARGS=--dry-run train.steps=2") == [
+        *study, "--scale", "test", "--seeds", "0,1", "--run", "--dry-run", "train.steps=2"
+    ]  # fmt: skip
+    assert made("REPORT_SCALE=gpu") == [*study, "--scale", "gpu"]

@@ -103,7 +103,7 @@ def write_runs(root: Path, *, step_log: bool = True) -> None:
         }
         if seed == 1:  # the evaluator's own verdict, where results.json holds one, beats the z threshold
             contrasts["colorfulness"]["reward"]["z"] = None
-            checks = {"colorfulness": {"rises": True}}
+            checks = {"z_threshold": 2.0, "colorfulness": {"rises": True, "within_data_range": True}}
         else:
             checks = {}
         put(

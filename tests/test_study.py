@@ -472,3 +472,27 @@ def test_make_report_runs_the_study_with_its_variables() -> None:
         *study, "--scale", "test", "--seeds", "0,1", "--run", "--dry-run", "train.steps=2"
     ]  # fmt: skip
     assert made("REPORT_SCALE=gpu") == [*study, "--scale", "gpu"]
+
+
+@pytest.mark.slow
+def test_the_smoke_scale_runs_end_to_end_through_the_makefile(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """`make report REPORT_SCALE=test REPORT_RUN=1` in a temporary runs_dir: every step runs through its
+    Makefile stage (tiny model, a few minutes on 2 cores) and the report finds every run."""
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+    monkeypatch.setenv("MAKEFLAGS", "-- N=5")  # an enclosing make's variables must not reach the stages
+    runs = tmp_path / "runs"
+    assert study_cli.main(["--scale", "test", "--run", f"runs_dir={runs}"]) == 0
+    printed = capsys.readouterr().out
+    assert (
+        "[22/22] running seed0/eval/grpo/chunk_weighted" in printed
+        and f"Report: {runs}/results.md" in printed
+    )
+    md = (runs / "results.md").read_text()
+    assert "None: every run of the study is present." in md and "No convergence results yet" not in md
+    assert (
+        "| AMD" in md or "| Intel" in md or "cores, no GPU" in md or "cores, GPU" in md
+    )  # the machine table
+    assert (runs / "data" / "shards" / "00000.tar").is_file()  # 96 samples, not the 5 of MAKEFLAGS
+    assert "--n 96 " in (runs / "logs" / "data__shapes.log").read_text()

@@ -71,7 +71,8 @@ class Evaluation:
 
 def _contrast(data: dict[str, Any], name: str) -> Contrast:
     stored = (data.get("contrasts", {}).get(name, {}).get("reward")) or {}
-    check = (data.get("checks") or {}).get(name) or {}
+    check = (data.get("checks") or {}).get(name)
+    check = check if isinstance(check, dict) else {}
     rises = bool(check["rises"]) if "rises" in check else (stored.get("z") or 0) > 2
     return Contrast(stored.get("difference"), stored.get("z"), rises)
 
@@ -90,7 +91,8 @@ def parse_evaluation(data: dict[str, Any], path: Path) -> Evaluation:
         name: [SweepPoint(p["target"], p.get("mean"), p.get("accuracy")) for p in points]
         for name, points in (data.get("sweeps") or {}).items()
     }
-    named = dict.fromkeys([*(data.get("contrasts") or {}), *(data.get("checks") or {})])
+    checks = {k: v for k, v in (data.get("checks") or {}).items() if isinstance(v, dict)}  # not z_threshold
+    named = dict.fromkeys([*(data.get("contrasts") or {}), *checks])
     contrasts = {name: _contrast(data, name) for name in named}
     curves = data.get("best_of_n") or {}
     own = next((c for k, c in curves.items() if k != BASELINE_MODEL), {})

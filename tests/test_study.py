@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shlex
 import subprocess
 from pathlib import Path
@@ -491,8 +492,6 @@ def test_the_smoke_scale_runs_end_to_end_through_the_makefile(
     )
     md = (runs / "results.md").read_text()
     assert "None: every run of the study is present." in md and "No convergence results yet" not in md
-    assert (
-        "| AMD" in md or "| Intel" in md or "cores, no GPU" in md or "cores, GPU" in md
-    )  # the machine table
-    assert (runs / "data" / "shards" / "00000.tar").is_file()  # 96 samples, not the 5 of MAKEFLAGS
-    assert "--n 96 " in (runs / "logs" / "data__shapes.log").read_text()
+    assert re.search(r"cores, (no GPU|GPU [^|]+), torch [^|]+ \| train \| [0-9.]+ \|", md)  # machine table
+    assert (runs / "data" / "shards" / "00000.tar").is_file()
+    assert "--n 96 " in (runs / "logs" / "data__shapes.log").read_text()  # the study's sizes, not MAKEFLAGS'

@@ -23,6 +23,9 @@ BINS ?= $(DEMO_DIR)/bins.json
 REWARDS ?= offline
 EXPERIMENT ?= shapes
 RUN_DIR ?= $(DEMO_DIR)/train/$(EXPERIMENT)
+CHECKPOINT ?= $(RUN_DIR)/export
+EVAL_DIR ?= $(DEMO_DIR)/eval
+WORKERS ?= 2
 # Training length of the demo in minutes of this repo's reference machine (2-core CPU); converted to
 # optimiser steps so that a run is the same on any machine (faster machines just finish sooner).
 # 6 keeps the whole demo, set-up included, under 10 minutes from a fresh clone (8 min 49 s measured) and
@@ -32,8 +35,12 @@ STEPS_PER_MINUTE ?= 500
 DEMO_STEPS ?= $(shell echo $$(( $(DEMO_MINUTES) * $(STEPS_PER_MINUTE) )))
 PROMPTS ?= conf/prompts/shapes_demo.txt
 ARGS ?=
+# The pipeline's stage targets (data, score-shards, fit-bins, train, eval, grpo-train) are its one
+# definition: the evidence study (make report, miro/shapes/study/) runs them with its own variables and
+# SETUP= (it already runs inside a working environment, so make must not build .venv first).
+SETUP ?= setup
 
-.PHONY: setup lock test test-slow test-app app app-deps app-screenshot lint data caption-shards score-shards fit-bins cache-latents train samples eval demo grpo grpo-study report bench bench-gpu clean-demo parity
+.PHONY: setup lock test test-slow test-app app app-deps app-screenshot lint data caption-shards score-shards fit-bins cache-latents train samples eval demo grpo grpo-train grpo-study report bench bench-gpu clean-demo parity
 
 # Every package but torch is installed at the version constraints.txt pins (make lock regenerates it).
 CONSTRAINTS ?= constraints.txt
@@ -61,7 +68,6 @@ test-slow: setup
 
 # The web app and its browser test (docs/app.md): the app and apptest extras, installed only when missing,
 # and Debian's chromium (apt-get install chromium), which Playwright is pointed at (it downloads no browser).
-CHECKPOINT ?= $(RUN_DIR)/export
 APP_PORT ?= 7860
 CHROMIUM ?= /usr/bin/chromium
 TEST_ARTIFACTS ?= build/test-app
@@ -87,14 +93,14 @@ test-app: app-deps
 lint: setup
 	$(PY) -m ruff check miro data_prep tests bench tools parity
 
-data: setup
-	$(VENV)/bin/miro-data shapes --out $(SHARDS) --n $(N) --size $(SIZE) --max-objects $(MAX_OBJECTS) \
-		--object-size $(OBJECT_SIZE) --seed $(SEED) --workers 2 $(ARGS)
+data: $(SETUP)
+	$(PY) -m miro.shapes.cli shapes --out $(SHARDS) --n $(N) --size $(SIZE) --max-objects $(MAX_OBJECTS) \
+		--object-size $(OBJECT_SIZE) --seed $(SEED) --workers $(WORKERS) $(ARGS)
 
-score-shards: setup
+score-shards: $(SETUP)
 	$(PY) -m data_prep.score_shards input=$(SHARDS) output=$(SCORED) rewards=$(REWARDS) $(ARGS)
 
-fit-bins: setup
+fit-bins: $(SETUP)
 	$(PY) -m data_prep.fit_bins input=$(SCORED) out=$(BINS) n_bins=$(N_BINS) $(ARGS)
 
 # A synthetic caption per sample (KEY.syn.txt) from a vision-language model (conf/caption_shards.yaml),
@@ -107,7 +113,7 @@ caption-shards: setup
 cache-latents: setup
 	$(PY) -m data_prep.cache_latents input=$(SCORED) output=$(DEMO_DIR)/cached $(ARGS)
 
-train: setup
+train: $(SETUP)
 	$(PY) -m miro.train +experiment=$(EXPERIMENT) paths.data_dir=$(DEMO_DIR) paths.output_dir=$(RUN_DIR) \
 		data.image_size=$(SIZE) trainer.max_steps=$(DEMO_STEPS) $(ARGS)
 
@@ -118,8 +124,8 @@ samples: setup
 	$(VENV)/bin/miro-generate --checkpoint $(RUN_DIR)/export --prompts-file $(PROMPTS) --n 4 \
 		--rewards alignment=0,sharpness=0,colorfulness=0,compressibility=0 --out $(DEMO_DIR)/samples/low
 
-eval: setup
-	$(VENV)/bin/miro-eval --checkpoint $(RUN_DIR)/export --out $(DEMO_DIR)/eval $(ARGS)
+eval: $(SETUP)
+	$(PY) -m miro.cli.eval --checkpoint $(CHECKPOINT) --out $(EVAL_DIR) $(ARGS)
 
 # The main job on the embedded default: data -> scores -> bins -> training -> samples -> evaluation.
 demo: setup
@@ -143,9 +149,13 @@ RL_EXPERIMENT ?= rl_shapes_chunk
 RL_DIR ?= $(DEMO_DIR)/rl/$(RL_EXPERIMENT)
 RL_REWARD ?= sharpness
 
-grpo: setup
+# GRPO alone (fine-tune CHECKPOINT, by default the demo's export, into RL_DIR): make grpo's first stage.
+grpo-train: $(SETUP)
 	$(PY) -m miro.rl +experiment=$(RL_EXPERIMENT) paths.data_dir=$(DEMO_DIR) paths.output_dir=$(RL_DIR) \
-		pretrained=$(RUN_DIR)/export module.rewards=$(RL_REWARD) $(ARGS)
+		pretrained=$(CHECKPOINT) module.rewards=$(RL_REWARD) $(ARGS)
+
+grpo: setup
+	$(MAKE) --no-print-directory grpo-train
 	test -f $(DEMO_DIR)/eval/results.json || $(MAKE) --no-print-directory eval ARGS=
 	$(VENV)/bin/miro-eval --checkpoint $(RL_DIR)/export --out $(RL_DIR)/eval
 	$(VENV)/bin/miro-eval compare $(DEMO_DIR)/eval $(RL_DIR)/eval --optimised $(RL_REWARD) --out $(RL_DIR)/compare
@@ -158,15 +168,16 @@ GRPO_STUDY_DIR ?= $(RUN_DIR)/grpo_study
 grpo-study: setup
 	$(PY) -m miro.rl.study export=$(RUN_DIR)/export out_dir=$(GRPO_STUDY_DIR) $(ARGS)
 
-# The evidence report (docs/results.md, conf/report.yaml) from the saved runs under runs/evidence/<scale>;
-# REPORT_RUN=1 first runs the missing ones: make report REPORT_RUN=1 (CPU scale: hours, resumable),
-# make report REPORT_SCALE=gpu REPORT_RUN=1 on a GPU machine, REPORT_SCALE=test for a smoke run of a few minutes.
+# The evidence study (miro/shapes/study/, conf/report.yaml): docs/results.md from the saved runs under
+# runs/evidence/<scale>; REPORT_RUN=1 first runs the missing ones through the stage targets above:
+# make report REPORT_RUN=1 (CPU scale: hours, resumable), make report REPORT_SCALE=gpu REPORT_RUN=1 on a
+# GPU machine, REPORT_SCALE=test for a smoke run of a few minutes; ARGS=--dry-run lists the steps.
 REPORT_SCALE ?= cpu
 REPORT_SEEDS ?=
 REPORT_RUN ?=
 
 report: setup
-	$(VENV)/bin/miro-eval report --scale $(REPORT_SCALE) $(if $(REPORT_SEEDS),--seeds $(REPORT_SEEDS)) \
+	$(PY) -m miro.shapes.study --scale $(REPORT_SCALE) $(if $(REPORT_SEEDS),--seeds $(REPORT_SEEDS)) \
 		$(if $(REPORT_RUN),--run) $(ARGS)
 
 bench: setup

@@ -3,8 +3,8 @@
 ``miro-eval compare BEFORE AFTER --optimised NAME --out DIR`` puts two evaluations side by side (for
 example a model before and after GRPO): every reward's change, optimised or not, and the benchmark's.
 
-``miro-eval report [--run] [--scale cpu|gpu|test] [--seeds 0,1,2] [--out docs/results.md]`` writes the
-evidence report (conf/report.yaml) from the saved runs; ``--run`` first runs the ones that are missing.
+The evidence report (docs/results.md) is a study of the shapes world, not part of this command: ``make
+report`` (``python -m miro.shapes.study``).
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import logging
 import sys
 from pathlib import Path
 
-from hydra.errors import HydraException
 from rich.progress import Progress
 
 from miro.checks import InputError, check_device, check_guidance, check_out_dir
@@ -22,9 +21,7 @@ from miro.cli import PRECISION_HELP, THREADS_HELP, threads_arg
 from miro.config import set_threads
 from miro.eval.compare import CompareError, compare, load_results, write_comparison
 from miro.eval.report import write_report
-from miro.eval.results_report import write_results_report
 from miro.eval.runner import EvalSettings, Evaluator
-from miro.eval.study import STUDIES, Study, StudyError, compose_study_config, run_steps
 from miro.model_card import record_evaluation
 from miro.pipeline import PRECISIONS, MiroPipeline, RewardSpecError, negative_targets
 from miro.pretrained import CheckpointError, read_config
@@ -138,57 +135,14 @@ def compare_main(argv: list[str]) -> int:
     return 0
 
 
-def build_report_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="miro-eval report", description="The evidence report (conf/report.yaml) from the saved runs.")
-    p.add_argument("--run", action="store_true", help="first run the study's missing steps (hours on a CPU)")
-    p.add_argument("--dry-run", action="store_true", help="list the steps and whether each is done; run none")
-    p.add_argument("--scale", default=None, help="conf/report/<scale>.yaml: cpu (default), gpu or test")
-    p.add_argument("--seeds", default=None, help="comma-separated training seeds (default: the scale's)")
-    p.add_argument("--studies", default=None,
-                   help=f"with --run: only these, comma-separated ({', '.join(STUDIES)}; default: all)")
-    p.add_argument("--out", default=None, help="the report (default: the scale's, e.g. docs/results.md)")
-    p.add_argument("overrides", nargs="*", help="Hydra overrides of conf/report.yaml, e.g. train.steps=1000")
-    return p
-
-
-def report_main(argv: list[str]) -> int:
-    args = build_report_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING)
-    try:
-        seeds = None if args.seeds is None else [int(s) for s in args.seeds.split(",") if s.strip()]
-        cfg = compose_study_config(args.scale, seeds, args.out, args.overrides)
-        study = Study(cfg)
-        studies = STUDIES if args.studies is None else [s.strip() for s in args.studies.split(",")]
-        steps = study.steps(studies)
-        if args.dry_run:
-            for step in steps:
-                print(f"{'done' if step.done() else 'todo'}  {step.name}: {step.shell()}")
-            return 0
-        if args.run:
-            position = {step.name: f"[{i}/{len(steps)}]" for i, step in enumerate(steps, start=1)}
-            run_steps(steps, study.layout, int(cfg.threads),
-                      progress=lambda step, state: print(position[step.name], state, step.name, flush=True))
-        elif not any(step.done() for step in steps if step.study != "data"):
-            # An empty report would replace a committed one (docs/results.md) in a fresh clone.
-            print(f"miro-eval report: no saved runs under {study.layout.root}, so nothing to report and "
-                  f"{cfg.out} is left as it is; --run (make report REPORT_RUN=1) runs the study first",
-                  file=sys.stderr)
-            return 2
-        paths = write_results_report(study, cfg.out)
-    except (StudyError, ValueError, HydraException) as err:
-        print(f"miro-eval report: {err}", file=sys.stderr)
-        return 2
-    print(f"Report: {paths['markdown']}")
-    return 0
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["compare"]:
         return compare_main(argv[1:])
-    if argv[:1] == ["report"]:
-        return report_main(argv[1:])
+    if argv[:1] == ["report"]:  # moved out of the core: the study belongs to the shapes world
+        print("miro-eval report: error: the evidence report is now `make report` "
+              "(python -m miro.shapes.study, same flags)", file=sys.stderr)
+        return 2
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     try:

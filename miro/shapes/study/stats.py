@@ -1,5 +1,6 @@
-"""Statistics across training seeds for the evidence report: spread per point, steps to a threshold,
-speed-ups and where one sample matches a best-of-N.
+"""The evidence study's statistics, all of them: spread over training seeds, standard errors (of a mean
+over seeds, of one evaluation's accuracy, of a gap between two seed means), differences paired by seed,
+steps to a threshold, speed-ups and where one sample matches a best-of-N.
 
 Everything here is plain arithmetic on lists of floats (``None`` or NaN = a run that is missing or a
 value that is undefined), so it can be checked by hand and reused on any saved numbers.
@@ -29,6 +30,11 @@ class Spread:
     hi: float
     n: int
 
+    @property
+    def se(self) -> float:
+        """Standard error of the mean over seeds (NaN for fewer than two)."""
+        return self.std / math.sqrt(self.n) if self.n > 1 else float("nan")
+
     def format(self, digits: int = 3) -> str:
         """``0.420 ± 0.031 [0.390, 0.450]``: mean ± std [min, max]; one value alone; n/a for none."""
         if self.n == 0:
@@ -50,6 +56,36 @@ def across_seeds(values: Sequence[Value]) -> Spread:
         return Spread(nan, nan, nan, nan, 0)
     std = statistics.stdev(v) if len(v) > 1 else nan
     return Spread(statistics.fmean(v), std, min(v), max(v), len(v))
+
+
+def paired_differences(a: Sequence[Value], b: Sequence[Value]) -> list[Value]:
+    """``a[i] - b[i]`` for every seed ``i`` where both are known (else ``None``): the seeds pair the two."""
+    if len(a) != len(b):
+        raise ValueError(f"paired values need one per seed on both sides, got {len(a)} and {len(b)}")
+    return [None if x is None or y is None else x - y for x, y in zip(a, b, strict=True)]
+
+
+def distinguishable(differences: Spread, z: float = 2.0) -> bool | None:
+    """Whether a mean paired difference exceeds ``z`` standard errors; ``None`` when it cannot be judged
+    (fewer than two seeds, or no spread at all)."""
+    if differences.n < 2 or not differences.std > 0:
+        return None
+    return abs(differences.mean) > z * differences.se
+
+
+def binomial_se(p: float, n: int) -> float:
+    """Standard error of an accuracy ``p`` measured on ``n`` independent images."""
+    if n < 1:
+        raise ValueError(f"n must be at least 1, got {n}")
+    return math.sqrt(p * (1 - p) / n)
+
+
+def gap_se(se_one: float, seeds: int) -> float:
+    """Standard error of the gap between two means over ``seeds`` runs each, every run measured with
+    standard error ``se_one`` (similar values on both sides): ``se_one * sqrt(2 / seeds)``."""
+    if seeds < 1:
+        raise ValueError(f"seeds must be at least 1, got {seeds}")
+    return se_one * math.sqrt(2 / seeds)
 
 
 def mean_curve(curves: Sequence[Sequence[Value]]) -> list[float]:

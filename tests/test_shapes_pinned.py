@@ -1,5 +1,5 @@
 """The shapes benchmark's numbers, pinned: computed with the evaluator as it was before the benchmark
-became a plug-in (commit 7f42765, one thread), so the move of the shapes world out of the core and the
+became a plug-in (commit 7f42765, fp32, one thread), so the move of the shapes world out of the core and the
 Benchmark interface are checked to change no number.
 
 Two runs: the tiny random model (its images draw nothing, so accuracy is 0 and the pinned values are the
@@ -21,6 +21,7 @@ from tiny_models import export_tiny_model
 from miro.eval.runner import EvalResults, EvalSettings, Evaluator, control_check
 from miro.pipeline import MiroPipeline
 from miro.scoring import build_rewards, reward_specs
+from miro.shapes.benchmark import ShapesBenchmark
 from miro.shapes.captions import parse_spec
 
 CATEGORIES = ["single_object", "two_object", "counting", "colors", "color_attr", "position", "overall"]
@@ -30,12 +31,12 @@ TOP, LOW = "all targets 10", "alignment 0, others 10"
 @pytest.fixture(scope="module")
 def pipe(tmp_path_factory: pytest.TempPathFactory, scored_shapes: Path) -> MiroPipeline:
     model = export_tiny_model(tmp_path_factory.mktemp("m"), scored_shapes / "bins.json")
-    return MiroPipeline.from_pretrained(model)
+    return MiroPipeline.from_pretrained(model, "cpu", "fp32")  # not auto: bf16 on some CPUs, not others
 
 
-def evaluate(pipe: MiroPipeline, settings: EvalSettings) -> EvalResults:
+def evaluate(pipe: MiroPipeline, per_category: int, settings: EvalSettings) -> EvalResults:
     rewards = build_rewards(reward_specs(["alignment", "sharpness"]))
-    return Evaluator(pipe, rewards, settings).run("tiny")
+    return Evaluator(pipe, rewards, settings, ShapesBenchmark(per_category, seed=0)).run("tiny")
 
 
 def rows(res: EvalResults, condition: str, key: str) -> list[tuple[str, int, float]]:
@@ -48,9 +49,9 @@ def table(n: int, values: list[float]) -> list[tuple[str, int, float]]:
 
 
 def test_tiny_model_numbers_are_unchanged(pipe: MiroPipeline) -> None:
-    settings = EvalSettings(per_category=2, samples_per_prompt=2, sweep_levels=(0.0, 10.0), sweep_images=4,
+    settings = EvalSettings(samples_per_prompt=2, sweep_levels=(0.0, 10.0), sweep_images=4,
                             best_of_prompts=2, best_of_max=2, steps=2)
-    res = evaluate(pipe, settings)
+    res = evaluate(pipe, 2, settings)
     assert res.images_generated == 56
     assert list(res.benchmark) == [TOP, LOW]
     assert rows(res, TOP, "alignment") == table(4, [0.0, 0.125, 0, 0, 0, 0, 0.125 / 6])
@@ -60,15 +61,15 @@ def test_tiny_model_numbers_are_unchanged(pipe: MiroPipeline) -> None:
     assert top["alignment"] == pytest.approx(
         {"mean": 0.02083333395421505, "se": 0.02083333409149515, "n": 24})
     assert top["sharpness"] == pytest.approx(
-        {"mean": 0.06615235656499863, "se": 0.0066517158020227354, "n": 24}, rel=1e-5)
-    assert res.rewards_at[LOW]["sharpness"]["mean"] == pytest.approx(0.059537049382925034, rel=1e-5)
+        {"mean": 0.06609870493412018, "se": 0.006651720364552923, "n": 24}, rel=1e-5)
+    assert res.rewards_at[LOW]["sharpness"]["mean"] == pytest.approx(0.059677496552467346, rel=1e-5)
     sharp = res.contrasts["sharpness"]["reward"]
-    assert sharp["difference"] == pytest.approx(-0.012094555422663689, rel=1e-4)
-    assert sharp["z"] == pytest.approx(-2.921432358797425, rel=1e-3)
+    assert sharp["difference"] == pytest.approx(-0.012352614663541317, rel=1e-4)
+    assert sharp["z"] == pytest.approx(-2.8580886205526737, rel=1e-3)
     assert res.contrasts["alignment"]["reward"]["difference"] == pytest.approx(-0.0416666679084301)
     assert res.best_of_n["tiny"]["alignment"] == [0.0, 0.0]
     assert res.best_of_n["tiny"]["sharpness"] == pytest.approx(
-        [0.04685597401112318, 0.06506751105189323], rel=1e-5)
+        [0.04758466919884086, 0.06588313728570938], rel=1e-5)
     check = control_check(res)
     assert check["alignment_accuracy"] == pytest.approx(
         {"low_target": 0.0, "high_target": 0.0, "difference": 0.0, "se": 0.0, "z": 0.0, "n": 24,
@@ -92,9 +93,9 @@ def drawing(
 
 def test_accuracy_numbers_are_unchanged(pipe: MiroPipeline, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(Evaluator, "generate", drawing)
-    settings = EvalSettings(per_category=3, samples_per_prompt=2, sweep_levels=(0.0, 5.0, 10.0),
+    settings = EvalSettings(samples_per_prompt=2, sweep_levels=(0.0, 5.0, 10.0),
                             sweep_images=4, best_of_prompts=2, best_of_max=3, steps=2)
-    res = evaluate(pipe, settings)
+    res = evaluate(pipe, 3, settings)
     assert res.images_generated == 122
     half, se6 = 0.5, 0.2041241452319315
     assert rows(res, TOP, "accuracy") == table(6, [half, 1, half, 1, half, 1, 0.75])

@@ -23,6 +23,7 @@ from miro.config import (
     resolve_compute,
     write_compute_record,
 )
+from miro.eval.benchmark import instantiate_benchmark
 from miro.lit.interrupt import CheckpointOnSigterm, fit_or_exit, fresh_run_dir
 from miro.rl.module import parse_reward_weights, updates_per_iteration
 from miro.scoring import reward_specs
@@ -37,7 +38,7 @@ def build(cfg: DictConfig) -> tuple[L.LightningModule, L.LightningDataModule, L.
     """Module, prompt data and a trainer that stops after ``cfg.iterations`` GRPO iterations."""
     L.seed_everything(cfg.seed, workers=True)
     write_compute_record(cfg, resolve_compute(cfg))
-    datamodule = instantiate(cfg.data)
+    datamodule = instantiate(cfg.data, held_out=held_out_prompts(cfg))
     module = instantiate(cfg.module)
     updates = updates_per_iteration(
         cfg.data.prompts_per_iteration,
@@ -65,6 +66,20 @@ def build(cfg: DictConfig) -> tuple[L.LightningModule, L.LightningDataModule, L.
         limit_train_batches=iterations,
     )
     return module, datamodule, trainer
+
+
+def held_out_prompts(cfg: DictConfig) -> list[str]:
+    """The prompts GRPO must not train on: those of the benchmark the model is evaluated on (the config's
+    ``benchmark``, the same conf/benchmark/ file miro-eval reads), when ``data.exclude_eval``."""
+    if not cfg.data.get("exclude_eval", False):
+        return []
+    if cfg.get("benchmark") is None:
+        raise InputError(
+            "data.exclude_eval needs the benchmark the model is evaluated on, to keep its prompts out of "
+            "training: benchmark=shapes (or geneval/rewards with benchmark.prompts=FILE), or "
+            "data.exclude_eval=false"
+        )
+    return instantiate_benchmark(cfg.benchmark).prompts()
 
 
 def check_config(cfg: DictConfig) -> None:

@@ -591,6 +591,8 @@ class GRPOModule(L.LightningModule):
                     "rollout_l1rel": self.rollout_l1rel,
                     "rewards": self.reward_weights,
                     **(extra or {}),
-                }
+                },
+                # the starting model's benchmark stays miro-eval's default for the fine-tuned one
+                **({"benchmark": pre.config["benchmark"]} if pre.config.get("benchmark") else {}),
             },
         )

@@ -57,7 +57,8 @@ def cc12m_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
                    "vocab": list(text.words)}
     vae = {"_target_": "miro.models.vae.LatentVAE", "model_name_or_path": None, "config": TINY_VAE}
     out = tmp_path_factory.mktemp("cc12m") / "export"
-    return save_pretrained(out, model, text, text_config, list(MIRO_SEVEN), None, 16, SAMPLING, vae_config=vae, extra={"benchmark": "geneval"})
+    return save_pretrained(out, model, text, text_config, list(MIRO_SEVEN), None, 16, SAMPLING,
+                           vae_config=vae, extra={"benchmark": "geneval"})
 
 
 QUICK = ["--steps", "2", "--best-of", "0", "--sweep-images", "1", "--sweep-levels", "0,10"]

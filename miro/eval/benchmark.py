@@ -203,7 +203,8 @@ def build_benchmark(name: str, settings: Mapping[str, Any] | None = None, conf_d
         config[key] = value
     missing = [k for k, v in config.items() if v == "???"]
     if missing:
-        raise BenchmarkError(f"the {name} benchmark needs {', '.join(missing)}")
+        flags = ", ".join(f"--{k.replace('_', '-')}" for k in missing)
+        raise BenchmarkError(f"the {name} benchmark needs {', '.join(missing)} (miro-eval {flags} FILE)")
     return instantiate_benchmark(OmegaConf.create(config), f"conf/benchmark/{name}.yaml")
 
 

@@ -98,6 +98,7 @@ def check_config(cfg: DictConfig) -> None:
         raise InputError(f"module.rewards: {err}") from None
     names = list(weights) + list(cfg.module.get("monitor_rewards") or [])
     reward_specs(names)  # resolves every name or alias: an unknown one is named with the valid ones
+    held_out_prompts(cfg)  # the benchmark (and its prompt file) before any model is loaded
     check_accelerator(cfg.trainer)
     check_resume_checkpoint(cfg.get("ckpt_path"))
 

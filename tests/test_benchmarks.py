@@ -262,3 +262,31 @@ def test_the_export_records_the_benchmark_by_name_only(cc12m_export: Path, tmp_p
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "unknown benchmark 'os.system'" in err
     assert not (tmp_path / "e").exists()
+
+
+def test_sweeps_best_of_n_and_compare_on_a_rewards_benchmark(tmp_path: Path) -> None:
+    """The reward-control sweep, best-of-N against a baseline and miro-eval compare are not the shapes
+    world's: here on a plain prompt file judged by one offline reward the model is conditioned on."""
+    from tiny_models import export_tiny_model
+
+    model = export_tiny_model(tmp_path / "model", None)  # conditioned on the four offline rewards
+    baseline = export_tiny_model(tmp_path / "baseline", None, reward_names=[], seed=1)
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a cat\na dog on a sofa\n")
+    common = ["--benchmark", "rewards", "--prompts", str(prompts), "--rewards", "sharp",
+              "--samples-per-prompt", "2", "--steps", "2", "--sweep-levels", "0,10", "--sweep-images", "3", "--best-of", "2",
+              "--best-of-prompts", "2"]
+    for name, extra in (("a", ["--baseline", str(baseline)]), ("b", ["--seed", "0"])):
+        args = ["--checkpoint", str(model), "--out", str(tmp_path / name), *common, *extra]
+        assert eval_cli.main(args) == 0
+    results = json.loads((tmp_path / "a" / "results.json").read_text())
+    assert list(results["sweeps"]) == ["sharpness"] and results["contrasts"]["sharpness"].keys() == {"reward"}
+    assert [p["n"] for p in results["sweeps"]["sharpness"]] == [3, 3]
+    assert set(results["best_of_n"]) == {"model", "baseline"}
+    assert len(results["best_of_n"]["model"]["sharpness"]) == 2
+    assert "sharpness" in results["checks"] and results["benchmark"] == {"all targets 10": []}
+    assert eval_cli.main(["compare", str(tmp_path / "a"), str(tmp_path / "b"), "--optimised", "sharpness",
+                          "--out", str(tmp_path / "c")]) == 0
+    table = (tmp_path / "c" / "comparison.md").read_text()
+    assert "| sharpness (optimised) |" in table and "+0.000 |" in table  # the same model, seed and prompts
+    assert "## Benchmark" not in table  # no judge: the rewards are the table

@@ -167,7 +167,8 @@ def check_request(args: argparse.Namespace) -> tuple[Benchmark, list[str]]:
     negative_targets(names, {}, args.negative_rewards, config.get("sampling", {}).get("guided_rewards"))
     benchmark = build_benchmark_from_args(args, benchmark_name(args, config))
     rewards = reward_names(args.rewards, benchmark, names)
-    reward_specs(rewards) if rewards else None  # an unknown name fails here, with the valid ones
+    if rewards:
+        reward_specs(rewards)  # an unknown name fails here, with the valid ones
     return benchmark, rewards
 
 

@@ -274,8 +274,8 @@ def test_sweeps_best_of_n_and_compare_on_a_rewards_benchmark(tmp_path: Path) -> 
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a cat\na dog on a sofa\n")
     common = ["--benchmark", "rewards", "--prompts", str(prompts), "--rewards", "sharp",
-              "--samples-per-prompt", "2", "--steps", "2", "--sweep-levels", "0,10", "--sweep-images", "3", "--best-of", "2",
-              "--best-of-prompts", "2"]
+              "--samples-per-prompt", "2", "--steps", "2", "--sweep-levels", "0,10", "--sweep-images", "3",
+              "--best-of", "2", "--best-of-prompts", "2"]
     for name, extra in (("a", ["--baseline", str(baseline)]), ("b", ["--seed", "0"])):
         args = ["--checkpoint", str(model), "--out", str(tmp_path / name), *common, *extra]
         assert eval_cli.main(args) == 0

@@ -157,6 +157,33 @@ def reward_specs(rewards: str | Sequence[str] | Mapping[str, Any]) -> dict[str, 
     return specs
 
 
+def expand_reward_sets(names: Sequence[str], rewards_dir: Path | None = None) -> list[str]:
+    """Reward names with every reward set of ``conf/rewards/`` (a file that only lists others, such as
+    ``offline`` or ``miro7``) replaced by the names it lists, in order, without repeats."""
+    import yaml
+
+    if rewards_dir is None:
+        from miro.config import CONF_DIR
+
+        rewards_dir = CONF_DIR / "rewards"
+    out: list[str] = []
+
+    def add(name: str, seen: tuple[str, ...]) -> None:
+        path = Path(rewards_dir) / f"{name}.yaml"
+        known = path.is_file() and name not in seen
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) if known else None
+        members = data.get("defaults") if isinstance(data, dict) and set(data) == {"defaults"} else None
+        if isinstance(members, list) and all(isinstance(m, str) for m in members):
+            for member in members:
+                add(member, (*seen, name))
+        else:
+            out.append(name)
+
+    for name in names:
+        add(name.strip(), ())
+    return list(dict.fromkeys(out))
+
+
 def build_rewards(specs: Mapping[str, Mapping[str, Any]], device: str = "cpu") -> dict[str, RewardModel]:
     """Instantiate every spec on ``device`` (unless the spec sets its own ``device``)."""
     built: dict[str, RewardModel] = {}

@@ -29,6 +29,7 @@ from miro.data.bins import BinsFileError
 from miro.data.prompt_file import PromptFileError
 from miro.data.shard_stage import StageConfigError
 from miro.data.shards import ShardInputError
+from miro.eval.benchmark import BenchmarkError
 from miro.models.vae import MissingVAEError
 from miro.pipeline import RewardSpecError
 from miro.pretrained import CheckpointError
@@ -39,7 +40,7 @@ USAGE_ERRORS: tuple[type[BaseException], ...] = (
     ShardInputError, UnknownRewardError, StageConfigError, FileNotFoundError, MissingWeightsError,
     MissingVAEError, CheckpointError, RewardSpecError, PromptFileError, InputError, MisconfigurationException,
 )
-USAGE_ERRORS += (BinsFileError,)  # a tampered or damaged bins.json (data stages, training)
+USAGE_ERRORS += (BinsFileError, BenchmarkError)  # a tampered or damaged bins.json (data stages, training)
 USAGE_EXIT_CODE = 2
 
 

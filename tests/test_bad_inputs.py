@@ -1,8 +1,9 @@
 """Every bad input listed in docs/reliability.md, run through the command's real entry point.
 
 Each row: the command, its arguments (``{model}`` a tiny export, ``{tmp}`` the test's directory, which
-holds ``afile``, ``empty.txt``, ``corrupt`` (an export with a damaged safetensors), ``garbage.ckpt`` and
-``pickle.ckpt``, a checkpoint whose unpickling would write ``{tmp}/pwned``) and the text the error line
+holds ``afile``, ``empty.txt``, ``bad.jsonl`` (a bad second line), ``prompts.jsonl``, ``prompts.csv``,
+``corrupt`` (an export with a damaged safetensors), ``garbage.ckpt`` and ``pickle.ckpt``, a checkpoint
+whose unpickling would write ``{tmp}/pwned``) and the text the error line
 must hold. Every one must exit 2, print no traceback, end stderr with one ``PROG: error: ...`` line naming
 the problem, and write nothing: no output directory, no run directory, no payload run.
 """
@@ -34,6 +35,7 @@ G = ["--checkpoint", "{model}", "--prompt", "a red circle", "--out", "{tmp}/out"
 E = ["--checkpoint", "{model}", "--out", "{tmp}/out"]
 T = ["paths.data_dir={data}", "paths.output_dir={tmp}/run", "model=dit_tiny", "data.image_size=24"]
 R = ["+experiment=rl_shapes_step", "pretrained={model}", "paths.output_dir={tmp}/run"]
+B = ["--benchmark", "rewards", "--prompts", "{tmp}/prompts.csv", "--rewards", "sharpness"]
 
 # id: (command, arguments, what the error line says, condition to run)
 CASES: dict[str, tuple[str, list[str], str, bool]] = {
@@ -114,6 +116,33 @@ CASES: dict[str, tuple[str, list[str], str, bool]] = {
     "eval-per-category-zero": ("miro-eval", [*E, "--per-category", "0"], "per_category must be", True),
     "eval-steps-zero": ("miro-eval", [*E, "--steps", "0"], "--steps must be at least 1", True),
     "eval-threads-zero": ("miro-eval", [*E, "--threads", "0"], "argument --threads", True),
+    "eval-benchmark-unknown": ("miro-eval", [*E, "--benchmark", "nope"], "unknown benchmark 'nope'", True),
+    "eval-geneval-no-prompts": ("miro-eval", [*E, "--benchmark", "geneval"], "needs prompts", True),
+    "eval-prompts-missing": (
+        "miro-eval", [*E, "--benchmark", "geneval", "--prompts", "{tmp}/nothing.jsonl"], "does not exist",
+        True,
+    ),
+    "eval-geneval-bad-json-line": (
+        "miro-eval", [*E, "--benchmark", "geneval", "--prompts", "{tmp}/bad.jsonl"],
+        "bad.jsonl:2: not a JSON object", True
+    ),
+    "eval-prompts-not-for-shapes": (
+        "miro-eval", [*E, "--prompts", "{tmp}/prompts.csv"], "--prompts does not apply to the shapes", True
+    ),
+    "eval-rewards-unknown-column": (
+        "miro-eval", [*E, *B, "--category-column", "Kind"], "no category column 'Kind'", True
+    ),
+    "eval-rewards-none": ("miro-eval", [*E, *B[:-2]], "name them with --rewards", True),
+    "eval-rewards-unknown-reward": ("miro-eval", [*E, *B[:-1], "foo"], "unknown reward 'foo'", True),
+    "eval-geneval-summary-bad-line": (
+        "miro-eval geneval-summary", ["{tmp}/bad.jsonl"], "bad.jsonl:2: not a JSON object", True
+    ),
+    "eval-geneval-summary-missing": (
+        "miro-eval geneval-summary", ["{tmp}/nothing.jsonl"], "nothing.jsonl does not exist", True
+    ),
+    "eval-geneval-summary-not-results": (
+        "miro-eval geneval-summary", ["{tmp}/prompts.jsonl"], "'correct' must be true or false", True
+    ),
     # python -m miro.train
     "train-threads-zero": (
         "miro.train", [*T, "threads=0"], "threads must be a positive integer or auto", True
@@ -137,6 +166,9 @@ CASES: dict[str, tuple[str, list[str], str, bool]] = {
         "miro.train", [*T[1:], "paths.data_dir={tmp}/nothing"], "bins file not found", True
     ),
     # python -m miro.rl
+    "rl-exclude-eval-without-benchmark": (
+        "miro.rl", [*R, "~benchmark"], "data.exclude_eval needs the benchmark the model is evaluated on", True
+    ),
     "rl-threads-zero": ("miro.rl", [*R, "threads=0"], "threads must be a positive integer or auto", True),
     "rl-reward-unknown-before-loading": (
         "miro.rl", [*R[:1], "pretrained={tmp}/nothing", *R[2:], "module.rewards=foo"], "unknown reward 'foo'",
@@ -176,7 +208,8 @@ CASES: dict[str, tuple[str, list[str], str, bool]] = {
     "rewards-unknown-command": ("miro-rewards", ["fetch"], "invalid choice: 'fetch'", True),
 }
 
-MAINS = {"miro-generate": generate_cli.main, "miro-eval": eval_cli.main, "miro-rewards": rewards_cli.main}
+MAINS = {"miro-generate": generate_cli.main, "miro-eval": eval_cli.main, "miro-rewards": rewards_cli.main,
+         "miro-eval geneval-summary": lambda argv: eval_cli.main(["geneval-summary", *argv])}
 
 
 class _Payload:
@@ -191,13 +224,16 @@ class _Payload:
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return export_tiny_model(tmp_path_factory.mktemp("bad_inputs_model"), None)
+    return export_tiny_model(tmp_path_factory.mktemp("bad_inputs_model"), None, benchmark="shapes")
 
 
 @pytest.fixture
 def tmp(tmp_path: Path, model: Path) -> Path:
     (tmp_path / "afile").write_text("not a directory")
     (tmp_path / "empty.txt").write_text("# only a comment\n\n")
+    (tmp_path / "bad.jsonl").write_text('{"tag": "colors", "prompt": "a red car"}\n{"tag": oops}\n')
+    (tmp_path / "prompts.jsonl").write_text('{"tag": "colors", "prompt": "a red car"}\n')
+    (tmp_path / "prompts.csv").write_text("Prompt,Category\na cat,animals\n")
     corrupt = Path(shutil.copytree(model, tmp_path / "corrupt"))
     (corrupt / WEIGHTS).write_bytes(b"\x00" * 64)
     (tmp_path / "garbage.ckpt").write_bytes(b"PK\x03\x04 not really a zip")

@@ -75,6 +75,7 @@ def test_periodic_exports_hold_the_ema_weights_of_their_step(scored_shapes: Path
         folder = tmp_path / "exports" / f"step{step:07d}"
         config = json.loads((folder / "config.json").read_text())
         assert config["training"]["global_step"] == step
+        assert config["benchmark"] == "shapes"  # +experiment=shapes's: miro-eval's default for the model
         weights = _weights(folder)
         assert weights.keys() == record.ema[step].keys()
         assert all(torch.equal(weights[k], v) for k, v in record.ema[step].items())

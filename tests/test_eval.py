@@ -25,7 +25,13 @@ from miro.eval.runner import (
 )
 from miro.pipeline import MODEL_DEFAULT, MiroPipeline
 from miro.shapes.alignment import AlignmentReward
-from miro.shapes.benchmark import CATEGORIES, BenchmarkPrompt, benchmark_prompts, score_benchmark
+from miro.shapes.benchmark import (
+    CATEGORIES,
+    BenchmarkPrompt,
+    ShapesBenchmark,
+    benchmark_prompts,
+    score_benchmark,
+)
 from miro.shapes.captions import COLOURS, SHAPES, CaptionSpec, parse_spec, render_caption
 from miro.shapes.scenes import Scene, ShapeObject, render_scene
 
@@ -211,7 +217,7 @@ def test_settings_reject_bad_values() -> None:
     with pytest.raises(ValueError, match=r"in \[0, 10\]"):
         EvalSettings(sweep_levels=(0.0, 12.0))
     with pytest.raises(ValueError, match="per_category must be at least 1"):
-        EvalSettings(per_category=0)
+        ShapesBenchmark(per_category=0)
 
 
 # -- the evaluator on a tiny model -----------------------------------------------------------------------
@@ -222,15 +228,17 @@ TINY = ["--per-category", "2", "--samples-per-prompt", "1", "--sweep-levels", "0
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory, scored_shapes: Path) -> Path:
-    return export_tiny_model(tmp_path_factory.mktemp("model"), scored_shapes / "bins.json")
+    # recorded as +experiment=shapes records it: miro-eval's default benchmark for this model
+    return export_tiny_model(tmp_path_factory.mktemp("model"), scored_shapes / "bins.json",
+                             benchmark="shapes")
 
 
 def test_evaluator_reuses_images_and_pairs_its_comparisons(checkpoint: Path) -> None:
     pipe = MiroPipeline.from_pretrained(checkpoint)
     rewards = {"alignment": AlignmentReward()}
-    settings = EvalSettings(per_category=2, samples_per_prompt=2, sweep_levels=(0.0, 5.0, 10.0),
+    settings = EvalSettings(samples_per_prompt=2, sweep_levels=(0.0, 5.0, 10.0),
                             sweep_images=4, best_of_prompts=2, best_of_max=3, steps=2)
-    evaluator = Evaluator(pipe, rewards, settings)
+    evaluator = Evaluator(pipe, rewards, settings, ShapesBenchmark(per_category=2))
     # 24 items at all targets 10 (= the alignment sweep's top), 2 more alignment levels, best-of 2 x 3
     assert evaluator.total_images() == 24 + 2 * 24 + 6
     res = evaluator.run("tiny")
@@ -239,8 +247,10 @@ def test_evaluator_reuses_images_and_pairs_its_comparisons(checkpoint: Path) -> 
     assert top["mean"] == pytest.approx(res.rewards_at["all targets 10"]["alignment"]["mean"], nan_ok=True)
     assert list(res.benchmark) == ["all targets 10", "alignment 0, others 10"]
     assert res.contrasts["alignment"]["accuracy"]["n"] == 24
+    from miro.utils.hardware import resolve_precision
+
     assert {k: res.sampling[k] for k in ("guidance", "steps", "precision")} == {
-        "guidance": 1.5, "steps": 2, "precision": "fp32"
+        "guidance": 1.5, "steps": 2, "precision": resolve_precision("auto", "cpu").name
     }
     assert res.sampling["threads"] == torch.get_num_threads() and res.sampling["cpu_kind"]
     assert len(res.best_of_n["tiny"]["alignment"]) == 3
@@ -304,6 +314,8 @@ def test_miro_eval_missing_checkpoint(tmp_path: Path, capsys) -> None:
 
 # -- the negative branch (the guidance study) ------------------------------------------------------------
 
+ONE = ShapesBenchmark(per_category=1)  # six prompts
+
 
 def test_negative_branch_options_reach_the_model_not_the_baseline(
     checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -332,14 +344,14 @@ def test_negative_branch_options_reach_the_model_not_the_baseline(
 def test_push_reaches_the_model_and_is_checked_early(checkpoint: Path) -> None:
     pipe = MiroPipeline.from_pretrained(checkpoint)
     with pytest.raises(ValueError, match="push or negative_rewards"):
-        Evaluator(pipe, {}, EvalSettings(push="sharpness", negative_rewards="alignment=0"))
+        Evaluator(pipe, {}, EvalSettings(push="sharpness", negative_rewards="alignment=0"), ONE)
     with pytest.raises(ValueError, match="unknown reward 'nope'"):
-        Evaluator(pipe, {}, EvalSettings(push="nope"))
-    settings = EvalSettings(per_category=1, samples_per_prompt=1, steps=2, guidance=3.0, push="sharp")
-    pushed = Evaluator(pipe, {}, settings)
+        Evaluator(pipe, {}, EvalSettings(push="nope"), ONE)
+    settings = EvalSettings(samples_per_prompt=1, steps=2, guidance=3.0, push="sharp")
+    pushed = Evaluator(pipe, {}, settings, ONE)
     others = ",".join(f"{n}=10" for n in pipe.reward_names if n != "sharpness")
-    spelled = Evaluator(pipe, {}, EvalSettings(per_category=1, samples_per_prompt=1, steps=2, guidance=3.0,
-                                               negative_rewards=others))
+    spelled = Evaluator(pipe, {}, EvalSettings(samples_per_prompt=1, steps=2, guidance=3.0,
+                                               negative_rewards=others), ONE)
     assert torch.equal(pushed.images(pushed.top(), 2), spelled.images(spelled.top(), 2))
 
 
@@ -347,8 +359,8 @@ def test_an_empty_negative_prompt_changes_the_images(checkpoint: Path) -> None:
     pipe = MiroPipeline.from_pretrained(checkpoint)
 
     def images(**negative: str) -> torch.Tensor:
-        settings = EvalSettings(per_category=1, samples_per_prompt=1, steps=2, guidance=3.0, **negative)
-        evaluator = Evaluator(pipe, {}, settings)
+        settings = EvalSettings(samples_per_prompt=1, steps=2, guidance=3.0, **negative)
+        evaluator = Evaluator(pipe, {}, settings, ONE)
         return evaluator.images(evaluator.top(), 3)
 
     default = images()
@@ -365,6 +377,9 @@ def test_bad_negative_rewards_are_one_line(checkpoint: Path, tmp_path: Path, cap
     assert "unknown reward 'nope'" in capsys.readouterr().err
     baseline = export_tiny_model(tmp_path / "baseline", None, reward_names=[], seed=1)
     assert main(["--checkpoint", str(baseline), *out, "--negative-rewards", ""]) == 2
+    err = capsys.readouterr().err  # this export records no benchmark
+    assert err.count("\n") == 1 and "records no benchmark" in err and "--benchmark shapes" in err
+    assert main(["--checkpoint", str(baseline), *out, "--negative-rewards", "", "--benchmark", "shapes"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "needs a model with reward conditioning" in err
     assert not (tmp_path / "e").exists()

@@ -105,6 +105,9 @@ def test_per_image_scores_give_a_paired_test(tmp_path: Path) -> None:
     before, after = results("base", 0.5, 2.0, 0.5), results("grpo", 0.625, 2.0, 0.625)
     before["per_image"] = {"all targets 10": {"alignment": [0.0, 1.0, 0.5, 1.0], "sharpness": [2.0] * 4}}
     after["per_image"] = {"all targets 10": {"alignment": [0.5, 1.0, 1.0, 1.0], "sharpness": [2.0] * 4}}
+    # the judge's per-image metric (the shapes world's: every fact holds)
+    before["per_image_metrics"] = {"all targets 10": {"accuracy": [0.0, 1.0, 0.0, 1.0]}}
+    after["per_image_metrics"] = {"all targets 10": {"accuracy": [0.0, 1.0, 1.0, 1.0]}}
     out = compare(
         load_results(write(tmp_path, "b", before)), load_results(write(tmp_path, "a", after)), ["alignment"]
     )

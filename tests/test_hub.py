@@ -116,8 +116,9 @@ def test_miro_generate_bad_id_is_one_line(cache: Path, tmp_path: Path, capsys) -
 
 def test_miro_eval_by_repo_id_writes_its_card_next_to_the_report(cache: Path, tmp_path: Path) -> None:
     out = tmp_path / "eval"
-    tiny = ["--per-category", "1", "--samples-per-prompt", "1", "--sweep-levels", "0,10",
-            "--sweep-images", "2", "--best-of", "0", "--steps", "1", "--rewards", "alignment"]
+    tiny = ["--benchmark", "shapes", "--per-category", "1", "--samples-per-prompt", "1",
+            "--sweep-levels", "0,10", "--sweep-images", "2", "--best-of", "0", "--steps", "1",
+            "--rewards", "alignment"]
     snapshot_card = cache / "models--someone--tiny-miro" / "snapshots" / MAIN / "README.md"
     before = snapshot_card.read_text()
     assert eval_cli.main(["--checkpoint", REPO, "--out", str(out), *tiny]) == 0

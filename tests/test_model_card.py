@@ -90,8 +90,9 @@ def test_miro_eval_fills_in_the_evaluated_exports_card(export: Path, tmp_path: P
     model.mkdir(parents=True)
     for path in export.iterdir():
         (model / path.name).write_bytes(path.read_bytes())
-    tiny = ["--per-category", "1", "--samples-per-prompt", "1", "--sweep-levels", "0,10",
-            "--sweep-images", "2", "--best-of", "0", "--steps", "1", "--rewards", "alignment"]
+    tiny = ["--benchmark", "shapes", "--per-category", "1", "--samples-per-prompt", "1",
+            "--sweep-levels", "0,10", "--sweep-images", "2", "--best-of", "0", "--steps", "1",
+            "--rewards", "alignment"]
     assert eval_cli.main(["--checkpoint", str(model), "--out", str(tmp_path / "eval"), *tiny]) == 0
     card = (model / "README.md").read_text()
     section = card.split(EVAL_START)[1].split(EVAL_END)[0]

@@ -41,7 +41,7 @@ def overrides(export: Path, out: Path, iterations: int) -> list[str]:
         f"iterations={iterations}",
         "checkpoint_every=1",
         "data.prompts_per_iteration=2",
-        "data.per_category=4",
+        "data.pool.per_category=4",
         "data.exclude_eval=false",
         "module.group_size=4",
         "module.rollout_batch_size=4",  # one group per network call, on one process or two

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import OFFLINE_REWARDS
+from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from tiny_models import export_tiny_model, tiny_model
 
@@ -27,6 +28,7 @@ from miro.rl.chunks import chunk_sampling_weights, relative_l1
 from miro.rl.module import GRPOModule, updates_per_iteration
 from miro.rl.prompts import PromptBatches, PromptDataModule, training_prompts
 from miro.rl.rollout import PolicyCondition, policy_step, rollout
+from miro.shapes.benchmark import training_prompts as shapes_pool
 
 PROMPTS = ["a red circle", "two blue squares"]
 
@@ -44,7 +46,7 @@ class Brightness(RewardModel):
 
 @pytest.fixture(scope="module")
 def export(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return export_tiny_model(tmp_path_factory.mktemp("rl_export"), None)
+    return export_tiny_model(tmp_path_factory.mktemp("rl_export"), None, benchmark="shapes")
 
 
 def make_module(export: Path, **overrides: object) -> GRPOModule:
@@ -62,7 +64,7 @@ def make_module(export: Path, **overrides: object) -> GRPOModule:
 
 
 def fit(module: GRPOModule, steps: int, root: Path | None = None, ckpt: str | None = None) -> L.Trainer:
-    data = PromptDataModule(2, per_category=4, exclude_eval=False)
+    data = PromptDataModule(2, pool=shapes_pool(per_category=4), exclude_eval=False)
     trainer = L.Trainer(
         max_steps=steps,
         logger=False,
@@ -124,7 +126,7 @@ def test_weighted_sampling_uses_each_iterations_rollouts_and_favours_high_noise(
     fit(trained, steps=1)
     # The curve the update drew from is the L1rel (over the state before each step) of iteration 0's
     # rollouts, which a fresh module reproduces from the same prompts and seed.
-    prompts = next(iter(PromptBatches(training_prompts(per_category=4, exclude_eval=False), 2, seed=0)))
+    prompts = next(iter(PromptBatches(training_prompts(pool=shapes_pool(per_category=4)), 2, seed=0)))
     rollouts = make_module(export, **options).collect(prompts, iteration=0)
     torch.testing.assert_close(torch.tensor(trained.rollout_l1rel), relative_l1(rollouts["states"]))
     weights = chunk_sampling_weights(torch.tensor(trained.rollout_l1rel), [2, 2])
@@ -225,16 +227,29 @@ def test_a_prompt_the_reward_cannot_judge_is_named(export: Path) -> None:
 
 
 def test_prompt_pool_excludes_evaluation_prompts_and_batches_depend_only_on_the_step(tmp_path: Path) -> None:
-    from miro.shapes.benchmark import benchmark_prompts
+    from miro.rl.__main__ import held_out_prompts
+    from miro.shapes.benchmark import ShapesBenchmark
 
-    pool = training_prompts(benchmark_seed=1, per_category=16)
-    assert not set(pool) & {p.prompt for p in benchmark_prompts(16, 0)}
+    # The held-out prompts are read from the benchmark the experiment names, the one miro-eval uses.
+    cfg = compose_config("rl", ["+experiment=rl_shapes_step", "data.pool.per_category=16"])
+    held_out = held_out_prompts(cfg)
+    assert held_out == ShapesBenchmark(per_category=16, seed=0).prompts()
+    source = list(instantiate(cfg.data.pool))
+    assert set(source) & set(held_out)  # the grammar's pool does contain evaluation prompts ...
+    pool = training_prompts(pool=source, held_out=held_out)
+    assert pool and not set(pool) & set(held_out)  # ... and none is left to train on
+    kept = compose_config("rl", ["+experiment=rl_shapes_step", "data.exclude_eval=false"])
+    assert held_out_prompts(kept) == []
+    with pytest.raises(InputError, match="data.exclude_eval needs the benchmark"):
+        held_out_prompts(compose_config("rl", ["+experiment=rl_shapes_step", "~benchmark"]))
     batches = iter(PromptBatches(pool, 4, seed=0))
     first, second = next(batches), next(batches)
     assert next(iter(PromptBatches(pool, 4, seed=0, start=1))) == second != first
     file = tmp_path / "prompts.txt"
     file.write_text("# comment\na cat\n\na dog\n")
-    assert training_prompts(str(file), exclude_eval=False) == ["a cat", "a dog"]
+    assert training_prompts(str(file)) == ["a cat", "a dog"]
+    with pytest.raises(ValueError, match="set data.prompts_file"):
+        training_prompts()
     with pytest.raises(PromptFileError, match="missing.txt does not exist"):
         training_prompts(str(tmp_path / "missing.txt"))
 
@@ -269,7 +284,9 @@ def test_experiments_run_export_and_generate(
     trainer.fit(module, datamodule=data)
     assert (out / "checkpoints" / "last.ckpt").is_file()
     exported = module.export(out / "export")
-    assert load_pretrained(exported).config["grpo"]["iterations"] == 2
+    config = load_pretrained(exported).config
+    assert config["grpo"]["iterations"] == 2
+    assert config["benchmark"] == "shapes"  # miro-eval evaluates the fine-tuned model as the starting one
     code = generate_cli.main(
         [
             "--checkpoint",
@@ -423,7 +440,8 @@ def test_a_self_conditioned_network_is_rescored_with_its_recorded_tokens(export:
 
 
 def test_check_config_resolves_the_request_as_the_module_does(export: Path, tmp_path: Path) -> None:
-    base = [f"pretrained={export}", f"paths.output_dir={tmp_path}", "module.rewards=test_brightness"]
+    base = [f"pretrained={export}", f"paths.output_dir={tmp_path}", "module.rewards=test_brightness",
+            "data.exclude_eval=false"]
     check_config(compose_config("rl", [*base, "+module.targets={sharpness: 3}", "module.push=color"]))
     with pytest.raises(InputError, match="unknown reward 'nope' for this model"):
         check_config(compose_config("rl", [*base, "+module.targets={nope: 3}"]))

@@ -347,13 +347,24 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
      ("rewards=[sharpness,sharpnes]", "unknown reward 'sharpnes'")],
 )
 def test_cli_bad_input_is_one_line_and_exit_code_2(inputs, tmp_path, override, message):
-    args = {"input": f"input={inputs}", "output": f"output={tmp_path / 'out'}", "progress": "progress=false"}
+    args = {"input": f"input={inputs}", "output": f"output={tmp_path / 'out'}", "progress": "progress=false",
+            "rewards": "rewards=[sharpness]"}
     args[override.split("=")[0]] = override
     result = run_cli("data_prep.score_shards", *args.values())
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: {message}"), result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_cli_needs_the_rewards_named(inputs, tmp_path):
+    """No default reward set: the shapes world's four are the demo's choice (rewards=offline), not the
+    core's, so scoring without rewards= names the option and the sets to pick from."""
+    result = run_cli("data_prep.score_shards", f"input={inputs}", f"output={tmp_path / 'out'}")
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "You must specify 'rewards'" in lines[0] and "miro7" in lines[0]
+    assert not (tmp_path / "out").exists()
 
 
 def test_cli_missing_reward_weights_is_one_line_naming_the_download(inputs, tmp_path):

@@ -273,3 +273,23 @@ def test_cli_sizes_that_cannot_be_placed_end_in_one_line_naming_the_sample(tmp_p
     assert err.startswith("miro-data: sample 100 (seed 0): could not place 2 objects") and "\n" not in err
     assert "--object-size" in err
     assert not (out / "00001.tar").exists() and not (out / "spec.json").exists()
+
+
+# -- the plug-in's wiring: reached through configuration only ------------------------------------------
+
+
+def test_the_word_encoders_vocabulary_in_conf_is_the_grammars() -> None:
+    """conf/text_encoder/shapes_words.yaml writes the vocabulary out (so the default training config
+    names nothing in the plug-in); it must stay the grammar's, in the grammar's order (word ids)."""
+    from miro.config import compose_config
+    from miro.shapes.captions import vocabulary
+
+    assert list(compose_config("train", ["text_encoder=shapes_words"]).text_encoder.vocab) == vocabulary()
+
+
+def test_the_alignment_reward_is_found_through_conf_rewards() -> None:
+    from miro.rewards.base import configured_reward_modules, registered_class, resolve_name
+    from miro.shapes.alignment import AlignmentReward
+
+    assert "miro.shapes.alignment" in configured_reward_modules()
+    assert resolve_name("align") == "alignment" and registered_class("alignment") is AlignmentReward

@@ -48,10 +48,14 @@ def tiny_text_encoder(seed: int = 0) -> WordTextEncoder:
 
 
 def export_tiny_model(
-    out_dir: Path, bins_path: Path | None, reward_names: Sequence[str] = OFFLINE_REWARDS, seed: int = 0
+    out_dir: Path, bins_path: Path | None, reward_names: Sequence[str] = OFFLINE_REWARDS, seed: int = 0,
+    benchmark: str | None = None,
 ) -> Path:
-    """Save a tiny random model as training would export it; returns the model directory."""
+    """Save a tiny random model as training would export it; returns the model directory. ``benchmark``
+    is recorded as training records its config's (miro-eval's default benchmark for the model)."""
     model, text = tiny_model(reward_names, seed), tiny_text_encoder(seed)
     bins = RewardBins.load(bins_path) if bins_path is not None else None
     text_config = TEXT_CONFIG | {"vocab": list(text.words)}
-    return save_pretrained(out_dir, model, text, text_config, list(reward_names), bins, 24, SAMPLING)
+    extra = {"benchmark": benchmark} if benchmark else None
+    return save_pretrained(out_dir, model, text, text_config, list(reward_names), bins, 24, SAMPLING,
+                           extra=extra)

@@ -1,4 +1,13 @@
-"""``miro-eval``: benchmark accuracy, reward control and best-of-N for a trained MIRO model.
+"""``miro-eval``: a benchmark, reward control and best-of-N for a trained MIRO model.
+
+The benchmark is named (``--benchmark``, ``conf/benchmark/NAME.yaml``); without the flag it is the one
+the model's export records (training writes its config's ``benchmark``: ``shapes`` for the demo):
+
+    miro-eval --checkpoint demo/train/shapes/export --out demo/eval                     (shapes)
+    miro-eval --benchmark geneval --prompts evaluation_metadata.jsonl --checkpoint EXPORT --out DIR
+    miro-eval --benchmark rewards --prompts drawbench.csv --rewards hps,pick --checkpoint EXPORT --out DIR
+
+``miro-eval geneval-summary RESULTS.jsonl`` turns GenEval's detector output into a per-category table.
 
 ``miro-eval compare BEFORE AFTER --optimised NAME --out DIR`` puts two evaluations side by side (for
 example a model before and after GRPO): every reward's change, optimised or not, and the benchmark's.
@@ -19,31 +28,52 @@ from rich.progress import Progress
 from miro.checks import InputError, check_device, check_guidance, check_out_dir
 from miro.cli import PRECISION_HELP, THREADS_HELP, threads_arg
 from miro.config import set_threads
+from miro.eval.benchmark import Benchmark, BenchmarkError, benchmark_config, build_benchmark
 from miro.eval.compare import CompareError, compare, load_results, write_comparison
+from miro.eval.geneval import check_run_record, summarise, write_summary
 from miro.eval.report import write_report
 from miro.eval.runner import EvalSettings, Evaluator
 from miro.model_card import record_evaluation
 from miro.pipeline import PRECISIONS, MiroPipeline, RewardSpecError, negative_targets
 from miro.pretrained import CheckpointError, read_config
 from miro.rewards.base import RewardModel, UnknownRewardError
-from miro.scoring import build_rewards, reward_specs
+from miro.scoring import ScoringConfigError, build_rewards, expand_reward_sets, reward_specs
 from miro.utils.hardware import describe
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="miro-eval", description=__doc__)
+    p = argparse.ArgumentParser(prog="miro-eval", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="model directory (<run>/export)")
+    p.add_argument("--benchmark", default=None,
+                   help="conf/benchmark/NAME.yaml: shapes, geneval, rewards "
+                        "(default: the one the export records)")
+    p.add_argument("--prompts", default=None,
+                   help="geneval: GenEval's evaluation_metadata.jsonl; rewards: a prompt file (one per line, "
+                        "or a CSV/TSV with a header row)")
+    p.add_argument("--prompt-column", default=None,
+                   help="rewards, CSV/TSV: the prompt column (default Prompt)")
+    p.add_argument("--category-column", default=None,
+                   help="rewards, CSV/TSV: the category column (default Category; '' = one category)")
     p.add_argument("--baseline", default=None, help="a baseline model directory for the best-of-N comparison")
     p.add_argument("--rewards", default=None,
-                   help="comma-separated rewards to measure (default: alignment and the model's rewards)")
+                   help="comma-separated rewards or reward sets (conf/rewards/: offline, miro7) to measure "
+                        "(default: those the benchmark's judge reads, plus the model's rewards on shapes)")
     p.add_argument("--out", type=Path, required=True, help="directory for results.json, report.md and plots")
     d = EvalSettings()
-    p.add_argument("--per-category", type=int, default=d.per_category, help="benchmark prompts per category")
-    p.add_argument("--samples-per-prompt", type=int, default=d.samples_per_prompt)
+    p.add_argument("--per-category", type=int, default=None,
+                   help="shapes: benchmark prompts per category (default: conf/benchmark/shapes.yaml's, 16)")
+    p.add_argument("--samples-per-prompt", "--n-per-prompt", dest="samples_per_prompt", type=int,
+                   default=None,
+                   help=f"images per prompt (default: the benchmark's, GenEval's 4; "
+                        f"else {d.samples_per_prompt})")
+    p.add_argument("--targets", default=None, metavar="NAME=VALUE,...",
+                   help="reward targets of the benchmark's images (unnamed rewards 10; default: all 10)")
     p.add_argument("--sweep-levels", default=",".join(f"{x:g}" for x in d.sweep_levels),
                    help="reward targets of the control sweeps, comma-separated")
     p.add_argument("--sweep-images", type=int, default=d.sweep_images,
-                   help="images per sweep point, rewards other than alignment (alignment: the benchmark's)")
+                   help="images per sweep point, rewards the judge does not read "
+                        "(those: every benchmark image)")
     p.add_argument("--best-of", type=int, default=d.best_of_max, help="largest N of best-of-N (0 = skip)")
     p.add_argument("--best-of-prompts", type=int, default=d.best_of_prompts)
     p.add_argument("--all-low", action="store_true", help="also run the benchmark with every target at 0")
@@ -64,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def settings_from_args(args: argparse.Namespace) -> EvalSettings:
+def settings_from_args(args: argparse.Namespace, benchmark: Benchmark | None = None) -> EvalSettings:
     try:
         levels = tuple(float(x) for x in args.sweep_levels.split(","))
     except ValueError:
@@ -73,18 +103,57 @@ def settings_from_args(args: argparse.Namespace) -> EvalSettings:
         ) from None
     if args.steps is not None and args.steps < 1:
         raise ValueError(f"--steps must be at least 1, got {args.steps}")
+    samples = args.samples_per_prompt
+    if samples is None:
+        samples = (benchmark.samples_per_prompt if benchmark else None) or EvalSettings.samples_per_prompt
     return EvalSettings(
-        per_category=args.per_category, samples_per_prompt=args.samples_per_prompt, sweep_levels=levels,
+        samples_per_prompt=samples, sweep_levels=levels,
         sweep_images=args.sweep_images, best_of_prompts=args.best_of_prompts, best_of_max=args.best_of,
         all_low=args.all_low, guidance=args.guidance, steps=args.steps, seed=args.seed,
         batch_size=args.batch_size, negative_rewards=args.negative_rewards,
-        negative_prompt=args.negative_prompt, push=args.push,
+        negative_prompt=args.negative_prompt, push=args.push, targets=args.targets,
     )
 
 
-def check_request(args: argparse.Namespace) -> None:
+# miro-eval flags that fill the benchmark setting of the same name (for a benchmark whose file lists it)
+BENCHMARK_FLAGS = ("prompts", "prompt_column", "category_column", "per_category", "samples_per_prompt")
+
+
+def benchmark_name(args: argparse.Namespace, config: dict) -> str:
+    """--benchmark, else the benchmark the export records (a name; only conf/benchmark/ files qualify)."""
+    name = args.benchmark or config.get("benchmark")
+    if not name:
+        raise BenchmarkError(
+            f"{args.checkpoint} records no benchmark (older exports, or a training config without "
+            "`benchmark`): name one with --benchmark shapes|geneval|rewards"
+        )
+    return str(name)
+
+
+def build_benchmark_from_args(args: argparse.Namespace, name: str) -> Benchmark:
+    """The named benchmark with the flags that apply to it; a flag it does not take is an error (a
+    --prompts file silently ignored would evaluate something else than asked)."""
+    takes = benchmark_config(name)
+    settings: dict = {}
+    for flag in BENCHMARK_FLAGS:
+        key, value = flag, getattr(args, flag)
+        if value is None:
+            continue
+        if key in takes:
+            settings[key] = None if key == "category_column" and value == "" else value
+        elif flag != "samples_per_prompt":  # images per prompt is the evaluation's setting for any benchmark
+            raise BenchmarkError(f"--{flag.replace('_', '-')} does not apply to the {name} benchmark")
+    if "seed" in takes:  # the prompt draw follows --seed, as the images do
+        settings["seed"] = args.seed
+    if args.per_category is not None and args.per_category < 1:
+        raise BenchmarkError(f"per_category must be at least 1, got {args.per_category}")
+    return build_benchmark(name, settings)
+
+
+def check_request(args: argparse.Namespace) -> tuple[Benchmark, list[str]]:
     """What can be checked before a model is loaded or a reward model built (they take minutes at
-    scale): guidance, device, the output directory, both model directories and the reward names."""
+    scale): guidance, device, the output directory, both model directories, the benchmark and its
+    input file, and the reward names. Returns the benchmark and the rewards to measure."""
     check_guidance(args.guidance)
     check_device(args.device)
     check_out_dir(args.out)
@@ -93,15 +162,32 @@ def check_request(args: argparse.Namespace) -> None:
         read_config(args.baseline)
     names = [str(n) for n in config["reward_names"]]
     negative_targets(names, {}, args.negative_rewards, config.get("sampling", {}).get("guided_rewards"))
-    if args.rewards:
-        reward_specs([n.strip() for n in args.rewards.split(",") if n.strip()])
+    benchmark = build_benchmark_from_args(args, benchmark_name(args, config))
+    rewards = reward_names(args.rewards, benchmark, names)
+    if rewards:
+        reward_specs(rewards)  # an unknown name fails here, with the valid ones
+    return benchmark, rewards
 
 
-def measured_rewards(spec: str | None, pipe: MiroPipeline, device: str = "cpu") -> dict[str, RewardModel]:
+def reward_names(spec: str | None, benchmark: Benchmark, model_rewards: list[str]) -> list[str]:
+    """The rewards to measure: --rewards (names, aliases or sets such as offline and miro7), else those
+    the benchmark's judge reads plus, where the benchmark asks for it (the shapes world's offline
+    rewards), the model's own; the judge's always come first."""
+    if spec:
+        asked = expand_reward_sets([n.strip() for n in spec.split(",") if n.strip()])
+    else:
+        asked = list(model_rewards) if benchmark.measures_model_rewards else []
+    names = list(dict.fromkeys([*benchmark.required_rewards, *asked]))
+    if not names and not benchmark.writes_images:
+        raise BenchmarkError(f"the {benchmark.name} benchmark is judged by rewards: name them with --rewards "
+                             "(e.g. --rewards hps,pick or a set: --rewards miro7)")
+    return names
+
+
+def measured_rewards(names: list[str], device: str = "cpu") -> dict[str, RewardModel]:
     """The rewards to measure images with, built exactly as the scoring stage builds them, on the
     device the images are generated on (a reward model left on the CPU would be the bottleneck)."""
-    names = spec.split(",") if spec else ["alignment", *pipe.reward_names]
-    return build_rewards(reward_specs([n.strip() for n in names if n.strip()]), device=device)
+    return build_rewards(reward_specs(names), device=device) if names else {}
 
 
 def model_name(checkpoint: str) -> str:
@@ -135,6 +221,41 @@ def compare_main(argv: list[str]) -> int:
     return 0
 
 
+def build_geneval_summary_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="miro-eval geneval-summary",
+        description="GenEval's results.jsonl (evaluate_images.py) as a per-category table with standard "
+                    "errors.")
+    p.add_argument("results", type=Path, help="the results.jsonl GenEval's evaluate_images.py wrote")
+    p.add_argument("--out", type=Path, default=None,
+                   help="directory for geneval_summary.md and .json (default: the results file's)")
+    return p
+
+
+def geneval_summary_main(argv: list[str]) -> int:
+    args = build_geneval_summary_parser().parse_args(argv)
+    try:
+        out = check_out_dir(args.out or args.results.parent)
+        summary = summarise(args.results)
+    except (BenchmarkError, InputError) as err:
+        print(f"miro-eval geneval-summary: error: {err}", file=sys.stderr)
+        return 2
+    paths = write_summary(summary, out)
+    print(paths["markdown"].read_text(encoding="utf-8"))
+    print(f"Summary: {paths['markdown']}\nData: {paths['json']}")
+    return 0
+
+
+def run_record(args: argparse.Namespace, settings: EvalSettings, benchmark: Benchmark) -> dict:
+    """What the images of an output folder depend on: a rerun may finish the folder only if these agree."""
+    return {"model": str(Path(args.checkpoint).resolve()), "benchmark": benchmark.describe(),
+            "samples_per_prompt": settings.samples_per_prompt, "targets": settings.targets,
+            "seed": settings.seed,
+            "guidance": settings.guidance, "steps": settings.steps, "precision": args.precision,
+            "negative_rewards": settings.negative_rewards, "negative_prompt": settings.negative_prompt,
+            "push": settings.push}
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["compare"]:
@@ -143,20 +264,28 @@ def main(argv: list[str] | None = None) -> int:
         print("miro-eval report: error: the evidence report is now `make report` "
               "(python -m miro.shapes.study, same flags)", file=sys.stderr)
         return 2
+    if argv[:1] == ["geneval-summary"]:
+        return geneval_summary_main(argv[1:])
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     try:
         threads = set_threads(args.threads)
-        settings = settings_from_args(args)
-        check_request(args)
+        settings_from_args(args)  # bad numbers fail before anything is read
+        benchmark, names = check_request(args)
+        settings = settings_from_args(args, benchmark)
         pipe = MiroPipeline.from_pretrained(args.checkpoint, args.device, args.precision)
         print(f"miro-eval: {describe(pipe.precision_choice, threads)}")
+        print(f"miro-eval: benchmark {benchmark.name}: {len(benchmark.prompts())} prompts x "
+              f"{settings.samples_per_prompt} images; rewards measured: {', '.join(names) or 'none'}")
         baseline = None
         if args.baseline:
             baseline = MiroPipeline.from_pretrained(args.baseline, args.device, args.precision)
-        rewards = measured_rewards(args.rewards, pipe, args.device)
-        evaluator = Evaluator(pipe, rewards, settings)
-    except (CheckpointError, UnknownRewardError, InputError, RewardSpecError, ValueError, OSError) as err:
+        rewards = measured_rewards(names, args.device)
+        evaluator = Evaluator(pipe, rewards, settings, benchmark, image_dir=args.out)
+        if benchmark.writes_images:
+            check_run_record(args.out, run_record(args, settings, benchmark))
+    except (CheckpointError, UnknownRewardError, InputError, RewardSpecError, ScoringConfigError,
+            BenchmarkError, ValueError, OSError) as err:
         print(f"miro-eval: error: {err}", file=sys.stderr)
         return 2
     with Progress() as progress:
@@ -167,6 +296,10 @@ def main(argv: list[str] | None = None) -> int:
     paths = write_report(results, args.out)
     print(f"Evaluated {results.images_generated} images in {results.seconds:.0f} s.")
     print(f"Report: {paths['markdown']}\nResults: {paths['json']}")
+    if results.image_dir:
+        print(f"Images for {benchmark.name}'s own judge: {results.image_dir}/<prompt>/samples/ "
+              "(docs/cc12m.md, Evaluate: run GenEval's evaluate_images.py on it, then "
+              "miro-eval geneval-summary)")
     for card in record_evaluation(pipe.pretrained.path, results, args.out):  # miro.model_card
         print(f"Model card: {card}")
     for key in ("sweeps", "best_of_n"):

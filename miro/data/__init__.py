@@ -1,1 +1,1 @@
-"""Data: the embedded shapes world, WebDataset shard I/O, reward bins and the Lightning DataModule."""
+"""Data: WebDataset shard I/O, the shard stages, reward bins and the Lightning DataModule."""

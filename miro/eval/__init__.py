@@ -1,1 +1,2 @@
-"""Evaluation: the GenEval-style shapes benchmark, reward control sweeps, best-of-N, and the report."""
+"""Evaluation for any domain: the Benchmark interface, GenEval and prompt-file benchmarks, reward-control
+sweeps, best-of-N, before/after comparison and the report (the shapes benchmark is miro.shapes')."""

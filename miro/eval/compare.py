@@ -3,7 +3,8 @@
 GRPO (or any reward fine-tuning) is judged on the reward it optimised, but reward hacking shows in the
 others: a sharper-looking score bought with noise, colours pushed past the data, broken layouts. The
 table therefore lists the optimised rewards next to the ones that were not optimised, each with its
-change and a z-score, plus the benchmark accuracy per category.
+change and a z-score, plus the benchmark's headline metric per category (the first metric of its judge,
+e.g. the shapes world's accuracy; none for a benchmark judged by rewards alone).
 
 Both evaluations must use the same settings (prompts, seeds, images per prompt), so image i of one run
 and image i of the other start from the same prompt and noise. When both results files hold the
@@ -23,9 +24,10 @@ import torch
 
 from miro.data.shards import write_bytes_atomic
 from miro.eval.runner import TOP_CONDITION, paired_difference
-from miro.shapes.benchmark import all_facts_hold
 
-SETTINGS_THAT_MUST_MATCH = ("per_category", "samples_per_prompt", "seed")
+# The benchmark (name and settings: the same prompts), the images per prompt and the seed (the same noise).
+# Results written before benchmarks were named have per_category instead of benchmark.
+SETTINGS_THAT_MUST_MATCH = ("benchmark", "per_category", "samples_per_prompt", "seed")
 
 
 class CompareError(ValueError):
@@ -68,13 +70,26 @@ def _change(
     }
 
 
+def headline_metric(results: dict[str, Any]) -> tuple[str, str]:
+    """The benchmark table's headline metric of a results file and its label: the judge's first metric
+    (results written before judges were recorded: the shapes world's accuracy)."""
+    metrics = (results.get("judge") or {}).get("metrics")
+    if metrics:
+        return metrics[0]["name"], metrics[0].get("description") or metrics[0]["name"]
+    return "accuracy", "accuracy"
+
+
 def compare(
     before: dict[str, Any],
     after: dict[str, Any],
     optimised: Sequence[str],
-    condition: str = TOP_CONDITION,
+    condition: str | None = None,
 ) -> dict[str, Any]:
-    """Per-reward and per-category changes from ``before`` to ``after`` at reward targets ``condition``."""
+    """Per-reward and per-category changes from ``before`` to ``after`` at reward targets ``condition``
+    (default: every target at the top, or the headline condition both evaluations share)."""
+    if condition is None:
+        shared = [c for c in before["rewards_at"] if c in after["rewards_at"]]
+        condition = TOP_CONDITION if TOP_CONDITION in shared or not shared else shared[0]
     for key in SETTINGS_THAT_MUST_MATCH:
         if before["settings"].get(key) != after["settings"].get(key):
             raise CompareError(
@@ -99,19 +114,23 @@ def compare(
             **_change(rewards_b.get(n), rewards_a.get(n), "mean", "se"),
         }
         rewards[n]["paired"] = _paired(pairs_b.get(n), pairs_a.get(n), rewards[n])
+    metric, label = headline_metric(after)
     bench_b = {r["category"]: r for r in before["benchmark"].get(condition, [])}
     bench_a = {r["category"]: r for r in after["benchmark"].get(condition, [])}
     benchmark = {
-        c: _change(bench_b.get(c), bench_a.get(c), "accuracy", "accuracy_se")
+        c: _change(bench_b.get(c), bench_a.get(c), metric, f"{metric}_se")
         for c in dict.fromkeys([*bench_b, *bench_a])
     }
-    if "alignment" in pairs_b and "alignment" in pairs_a and "overall" in benchmark:
-        correct_b, correct_a = (all_facts_hold(_tensor(p["alignment"])) for p in (pairs_b, pairs_a))
-        benchmark["overall"]["paired"] = _paired(correct_b.tolist(), correct_a.tolist(), benchmark["overall"])
+    judged_b = before.get("per_image_metrics", {}).get(condition, {}).get(metric)
+    judged_a = after.get("per_image_metrics", {}).get(condition, {}).get(metric)
+    if "overall" in benchmark:
+        benchmark["overall"]["paired"] = _paired(judged_b, judged_a, benchmark["overall"])
     return {
         "before": before["model"],
         "after": after["model"],
         "condition": condition,
+        "metric": metric,
+        "metric_label": label,
         "rewards": rewards,
         "benchmark": benchmark,
     }
@@ -163,8 +182,11 @@ def comparison_markdown(result: dict[str, Any]) -> str:
     ]
     for name, c in sorted(result["rewards"].items(), key=lambda kv: not kv[1]["optimised"]):
         lines.append(_row(name, c, " (optimised)" if c["optimised"] else ""))
-    lines += ["", "## Benchmark accuracy", "", head.format("category")]
-    lines += [_row(cat, c) for cat, c in result["benchmark"].items()]
+    if result["benchmark"]:
+        metric, label = result.get("metric", "accuracy"), result.get("metric_label", "")
+        lines += ["", f"## Benchmark {metric}" + (f" ({label})" if label and label != metric else ""), "",
+                  head.format("category")]
+        lines += [_row(cat, c) for cat, c in result["benchmark"].items()]
     return "\n".join(lines) + "\n"
 
 

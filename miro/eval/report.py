@@ -16,6 +16,9 @@ from miro.data.shards import write_bytes_atomic  # noqa: E402
 from miro.eval.runner import EvalResults, control_check  # noqa: E402
 
 NAN = float("nan")
+# The benchmark table of a results file written before judges were recorded (the shapes world's).
+LEGACY_METRICS = [{"name": "accuracy", "description": "every fact of the prompt holds"},
+                  {"name": "alignment", "description": "the mean fraction of the prompt's facts that hold"}]
 
 
 def _fmt(mean: float | None, se: float | None = None, digits: int = 3) -> str:
@@ -40,9 +43,12 @@ def plot_sweeps(res: EvalResults, path: Path) -> Path | None:
         x = [p["target"] for p in pts]
         ax.errorbar(x, [p["mean"] for p in pts], yerr=[2 * p["se"] for p in pts], marker="o", capsize=3,
                     label="mean")
-        if "accuracy" in pts[0]:
-            ax.errorbar(x, [p["accuracy"] for p in pts], yerr=[2 * p["accuracy_se"] for p in pts], marker="s",
-                        capsize=3, linestyle="--", label="accuracy (all facts)")
+        for metric in _metrics(res):
+            if metric["name"] in pts[0]:
+                m = metric["name"]
+                label = f"{m} ({metric['description']})" if metric.get("description") else m
+                ax.errorbar(x, [p[m] for p in pts], yerr=[2 * p[f"{m}_se"] for p in pts], marker="s",
+                            capsize=3, linestyle="--", label=label)
         if name in res.data_range:
             lo, hi = res.data_range[name]
             ax.axhspan(lo, hi, color="0.9", zorder=0, label="training data range")
@@ -77,14 +83,28 @@ def plot_best_of_n(res: EvalResults, path: Path) -> Path | None:
     return path
 
 
+def _metrics(res: EvalResults) -> list[dict[str, Any]]:
+    """The judge's metrics, headline first (none for a benchmark judged by rewards alone)."""
+    return list((getattr(res, "judge", None) or {}).get("metrics") or [])
+
+
+def _describe_benchmark(res: EvalResults) -> str:
+    info = dict((getattr(res, "judge", None) or {}).get("benchmark") or {})
+    name = info.pop("name", "?")
+    details = ", ".join(f"{k} {v}" for k, v in info.items())
+    return f"{name} ({details})" if details else str(name)
+
+
 def _header(res: EvalResults) -> list[str]:
     s, g = res.settings, res.sampling
     levels = ", ".join(f"{x:g}" for x in s["sweep_levels"])
+    judged = ", ".join((getattr(res, "judge", None) or {}).get("required_rewards") or []) or "none"
     return [
         f"# MIRO evaluation: {res.model}", "",
-        f"Benchmark: {s['per_category']} prompts per category x {s['samples_per_prompt']} images. "
-        f"Sweeps: targets {levels}, on the benchmark images for alignment and on the first "
-        f"{s['sweep_images']} of them for the other rewards. Guidance {g.get('guidance', 'n/a')}, "
+        f"Benchmark: {_describe_benchmark(res)}, {s['samples_per_prompt']} images per prompt. "
+        f"Sweeps: targets {levels}, on every benchmark image for the rewards its judge reads ({judged}) "
+        f"and on the first {s['sweep_images']} for the other rewards. "
+        f"Guidance {g.get('guidance', 'n/a')}, "
         f"{g.get('steps', 'n/a')} Euler steps, {g.get('precision', 'n/a')}"
         + (f" on {g['threads']} thread(s) of an {g['cpu_kind']} CPU" if "threads" in g else "")
         + f", seed {s['seed']}. "
@@ -97,21 +117,51 @@ def _header(res: EvalResults) -> list[str]:
 
 
 def _benchmark_table(res: EvalResults) -> list[str]:
-    """One table, a column per condition: accuracy ± SE (mean alignment in brackets)."""
+    """One table, a column per condition: the judge's headline metric ± SE (its second in brackets)."""
     conditions = {label: {r["category"]: r for r in rows} for label, rows in res.benchmark.items() if rows}
+    metrics = _metrics(res) or LEGACY_METRICS
     if not conditions:
         return []
+    head, second = metrics[0], (metrics[1] if len(metrics) > 1 else None)
     categories = list(dict.fromkeys(c for rows in conditions.values() for c in rows))
-    lines = ["## Benchmark accuracy (every fact of the prompt holds)", "",
-             "| category | n | " + " | ".join(conditions) + " |", "|---" * (len(conditions) + 2) + "|"]
+    title = f"## Benchmark {head['name']}" + (f" ({head['description']})" if head.get("description") else "")
+    lines = [title, "", "| category | n | " + " | ".join(conditions) + " |",
+             "|---" * (len(conditions) + 2) + "|"]
     for category in categories:
         cells = []
         for rows in conditions.values():
             r = rows.get(category)
-            cells.append(f"{_fmt(r['accuracy'], r['accuracy_se'])} ({r['alignment']:.2f})" if r else "n/a")
+            cell = _fmt(r[head["name"]], r.get(f"{head['name']}_se")) if r else "n/a"
+            if r and second and second["name"] in r:
+                cell += f" ({r[second['name']]:.2f})"
+            cells.append(cell)
         n = next(rows[category]["n"] for rows in conditions.values() if category in rows)
         lines.append(f"| {category} | {n} | " + " | ".join(cells) + " |")
-    return [*lines, "", "In brackets: the mean fraction of the prompt's facts that hold.", ""]
+    note = []
+    if second:
+        what = f", {second['description']}" if second.get("description") else ""
+        note = [f"In brackets: {second['name']}{what}.", ""]
+    return [*lines, "", *note]
+
+
+def _rewards_by_category(res: EvalResults) -> list[str]:
+    """Mean rewards per category at the headline condition (a benchmark with several categories)."""
+    by_category = getattr(res, "rewards_by_category", None)
+    if not by_category:
+        return []
+    label, table = next(iter(by_category.items()))
+    if len(table) < 2:
+        return []
+    names = list(next(iter(table.values())))
+    if not names:
+        return []
+    lines = [f"## Mean rewards per category ({label})", "",
+             "| category | n | " + " | ".join(names) + " |", "|---" * (len(names) + 2) + "|"]
+    for category, stats in table.items():
+        n = max(int(stats[name]["n"]) for name in names)
+        cells = [_fmt(stats[m]["mean"], stats[m]["se"]) for m in names]
+        lines.append(f"| {category} | {n} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
 
 
 def _rewards_table(res: EvalResults) -> list[str]:
@@ -151,18 +201,24 @@ def _sweeps(res: EvalResults, check: dict[str, Any], plots: dict[str, str]) -> l
     return [*lines, ""]
 
 
-def _alignment(check: dict[str, Any]) -> list[str]:
-    a = check.get("alignment_accuracy")
-    if not a:
-        return []
-    beyond = "more" if a["significant"] else "NOT more"
-    return [
-        "## Alignment control", "",
-        f"Benchmark accuracy with the alignment target at the top of the sweep: {a['high_target']:.3f}; "
-        f"at the bottom: {a['low_target']:.3f}. Paired difference {_fmt(a['difference'], a['se'])} over "
-        f"{a['n']} images (z = {a['z']:.1f}: {beyond} than {check['z_threshold']:g} standard errors).",
-        "",
-    ]
+def _judge_control(res: EvalResults, check: dict[str, Any]) -> list[str]:
+    """For each reward the judge reads: its metrics at the top against the bottom of that reward's sweep."""
+    lines: list[str] = []
+    for reward, contrasts in res.contrasts.items():
+        for metric in contrasts:
+            a = check.get(f"{reward}_{metric}")
+            if metric == "reward" or not a:
+                continue
+            beyond = "more" if a["significant"] else "NOT more"
+            lines += [
+                f"## {reward.capitalize()} control", "",
+                f"Benchmark {metric} with the {reward} target at the top of the sweep: "
+                f"{a['high_target']:.3f}; at the bottom: {a['low_target']:.3f}. Paired difference "
+                f"{_fmt(a['difference'], a['se'])} over {a['n']} images (z = {a['z']:.1f}: {beyond} than "
+                f"{check['z_threshold']:g} standard errors).",
+                "",
+            ]
+    return lines
 
 
 def _best_of_n(res: EvalResults, plots: dict[str, str]) -> list[str]:
@@ -180,8 +236,8 @@ def _best_of_n(res: EvalResults, plots: dict[str, str]) -> list[str]:
 
 def markdown(res: EvalResults, check: dict[str, Any], plots: dict[str, str]) -> str:
     return "\n".join([
-        *_header(res), *_benchmark_table(res), *_rewards_table(res), *_sweeps(res, check, plots),
-        *_alignment(check), *_best_of_n(res, plots),
+        *_header(res), *_benchmark_table(res), *_rewards_table(res), *_rewards_by_category(res),
+        *_sweeps(res, check, plots), *_judge_control(res, check), *_best_of_n(res, plots),
     ])
 
 

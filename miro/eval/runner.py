@@ -1,5 +1,11 @@
 """Run the evaluations on a trained model: benchmark, reward-control sweeps and best-of-N.
 
+The prompts, their categories and how an image is judged beyond its rewards come from a
+:class:`~miro.eval.benchmark.Benchmark` (chosen by name, ``conf/benchmark/``); nothing here knows a
+particular domain. A judge's metrics (the shapes world's all-facts-hold accuracy) fill the benchmark
+table and are swept with the rewards the judge reads; a benchmark without a judge (a prompt file
+judged by rewards) gets the rewards' means, overall and per category.
+
 Every number comes with its spread: means with standard errors over images, accuracies with binomial
 standard errors, so a reader can tell an effect from noise.
 
@@ -20,40 +26,40 @@ import math
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from miro.eval.benchmark import Benchmark, BenchmarkItem, category_rows, metric_stats
 from miro.pipeline import MODEL_DEFAULT, TARGET_MAX, MiroPipeline, canonical_reward_name, parse_reward_spec
 from miro.rewards.base import RewardModel
-from miro.shapes.benchmark import BenchmarkPrompt, all_facts_hold, benchmark_prompts, score_benchmark
 from miro.utils.hardware import cpu_info
 
 log = logging.getLogger(__name__)
 Progress = Callable[[int], None]
 Targets = tuple[tuple[str, float], ...]  # sorted (reward, target) pairs: a hashable image condition
-ALIGNMENT = "alignment"
 # The headline condition of a reward-conditioned model: every reward at its top target.
 TOP_CONDITION = f"all targets {TARGET_MAX:g}"
 
 
 @dataclass
 class EvalSettings:
-    """How many images each study uses.
+    """How many images each study uses (the prompts are the benchmark's).
 
-    The defaults are sized for the embedded demo: 832 images (192 benchmark items; alignment swept
-    over all of them, the other rewards over the first 32; best-of-16 on 4 prompts). Measured on the
+    The defaults are sized for the embedded demo: 832 images (the shapes benchmark's 96 prompts x 2;
+    alignment, the reward its judge reads, swept over all of them, the other rewards over the first 32;
+    best-of-16 on 4 prompts). Measured on the
     reference 2-core CPU with the demo-size model (hidden 128, depth 6, 32 px, 25 steps, bf16): 89 s
     on one thread, 52 s on two. With 192 pairs the standard error of the alignment accuracy
     difference is at most sqrt(2 * 0.21 / 192) = 0.047 at accuracy ~0.3 even if pairing did not
     help (it does: the same noise at both targets), so a difference of 0.1 clears two of them.
     """
 
-    per_category: int = 16           # benchmark prompts per category (6 categories)
     samples_per_prompt: int = 2      # benchmark images per prompt
     sweep_levels: tuple[float, ...] = (0.0, 5.0, 10.0)
-    sweep_images: int = 32           # images per sweep point, rewards other than alignment
+    sweep_images: int = 32           # images per sweep point, rewards the judge does not read
     best_of_prompts: int = 4         # prompts in the best-of-N study
     best_of_max: int = 16            # N = 1 .. best_of_max
     all_low: bool = False            # also run the benchmark with every target at 0
@@ -63,11 +69,13 @@ class EvalSettings:
     negative_rewards: str | None = None  # targets as NAME=VALUE,...; unnamed rewards 0 ("" = all 0)
     negative_prompt: str | None = None   # caption of the negative branch ("" = empty text; None: the model's)
     push: str | None = None              # push one reward: negative = all targets except this one at 0
+    # Targets of the headline condition as NAME=VALUE,... (unnamed rewards 10); None: every reward at 10.
+    targets: str | None = None
     seed: int = 0
     batch_size: int = 64
 
     def __post_init__(self) -> None:
-        for name in ("per_category", "samples_per_prompt", "sweep_images", "best_of_prompts", "batch_size"):
+        for name in ("samples_per_prompt", "sweep_images", "best_of_prompts", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.best_of_max < 0:
@@ -87,18 +95,27 @@ class EvalResults:
     model: str
     settings: dict[str, Any]
     sampling: dict[str, Any] = field(default_factory=dict)  # guidance, steps, precision actually used
-    # condition label -> per-category rows; condition label -> reward -> mean/se/n
+    # the benchmark (its describe()) and its judge's metrics, headline first: {benchmark, metrics}
+    judge: dict[str, Any] = field(default_factory=dict)
+    # condition label -> per-category rows of the judge's metrics (METRIC, METRIC_se) and a last row
+    # "overall"; empty for a benchmark without a judge. condition label -> reward -> mean/se/n
     benchmark: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     rewards_at: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
-    # condition label -> reward -> one score per benchmark image (prompt order, fixed seeds), so two
-    # evaluations with the same settings can be compared image by image (miro-eval compare)
+    # condition label -> category -> reward -> mean/se/n
+    rewards_by_category: dict[str, dict[str, dict[str, dict[str, float]]]] = field(default_factory=dict)
+    # condition label -> reward (per_image) / judge metric (per_image_metrics) -> one value per benchmark
+    # image (prompt order, fixed seeds), so two evaluations with the same settings can be compared image
+    # by image (miro-eval compare)
     per_image: dict[str, dict[str, list[float]]] = field(default_factory=dict)
-    # reward -> sweep points; reward -> "reward" (and for alignment "accuracy") -> paired top - bottom
+    per_image_metrics: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    # reward -> sweep points (with the judge's metrics for the rewards the judge reads);
+    # reward -> "reward" (and each judge metric) -> paired top - bottom
     sweeps: dict[str, list[dict[str, float]]] = field(default_factory=dict)
     contrasts: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
     best_of_n: dict[str, dict[str, list[float]]] = field(default_factory=dict)  # model -> reward -> curve
     data_range: dict[str, tuple[float, float]] = field(default_factory=dict)
     images_generated: int = 0
+    image_dir: str | None = None  # where the headline images went for an external judge (GenEval)
     seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
@@ -155,9 +172,9 @@ class Evaluator:
 
     def __init__(
         self, pipe: MiroPipeline, rewards: Mapping[str, RewardModel], settings: EvalSettings,
-        progress: Progress | None = None,
+        benchmark: Benchmark, progress: Progress | None = None, image_dir: str | Path | None = None,
     ) -> None:
-        self.pipe, self.rewards, self.s = pipe, dict(rewards), settings
+        self.pipe, self.rewards, self.s, self.bench = pipe, dict(rewards), settings, benchmark
         if settings.negative_rewards is not None:
             if not pipe.reward_names:
                 raise ValueError("negative_rewards needs a model with reward conditioning; this one has none")
@@ -166,10 +183,11 @@ class Evaluator:
             if settings.negative_rewards is not None:
                 raise ValueError("give push or negative_rewards, not both: push builds the negative branch")
             canonical_reward_name(settings.push, pipe.reward_names)  # an unknown reward fails here, named
+        self.headline_targets = self.top() | parse_reward_spec(settings.targets, pipe.reward_names)
         self.progress = progress or (lambda n: None)
-        self.items: list[BenchmarkPrompt] = [
-            p for p in benchmark_prompts(settings.per_category, settings.seed)
-            for _ in range(settings.samples_per_prompt)
+        self.image_dir = Path(image_dir) if image_dir is not None and benchmark.writes_images else None
+        self.items: list[BenchmarkItem] = [
+            item for item in benchmark.items() for _ in range(settings.samples_per_prompt)
         ]
         self.seeds = [settings.seed + i for i in range(len(self.items))]
         self._cache: dict[tuple[int, Targets], torch.Tensor] = {}
@@ -183,14 +201,16 @@ class Evaluator:
         return [name for name in self.pipe.reward_names if name in self.rewards]
 
     def sweep_size(self, reward: str) -> int:
-        """Alignment uses every benchmark item (its accuracy is the headline number); others fewer."""
-        return len(self.items) if reward == ALIGNMENT else min(self.s.sweep_images, len(self.items))
+        """A reward the judge reads uses every benchmark item (the judge's metric is the headline
+        number); the others fewer."""
+        if reward in self.bench.required_rewards:
+            return len(self.items)
+        return min(self.s.sweep_images, len(self.items))
 
     def requests(self) -> Iterator[tuple[dict[str, float], int]]:
         """(targets, number of benchmark items) for every image set the benchmark and sweeps use."""
-        yield self.top(), len(self.items)
-        if self.s.all_low and self.pipe.reward_names:
-            yield dict.fromkeys(self.pipe.reward_names, 0.0), len(self.items)
+        for targets in self.conditions().values():
+            yield targets, len(self.items)
         for name in self.swept_rewards():
             for level in self.s.sweep_levels:
                 yield self.top() | {name: level}, self.sweep_size(name)
@@ -201,8 +221,14 @@ class Evaluator:
         for targets, n in self.requests():
             key = _key(targets)
             largest[key] = max(largest.get(key, 0), n)
-        best_of = self.s.best_of_prompts * self.s.best_of_max * (2 if with_baseline else 1)
+        best_of = self.best_of_size() * (2 if with_baseline else 1)
         return sum(largest.values()) + best_of
+
+    def best_of_size(self) -> int:
+        """Images of one model's best-of-N study (none without a reward to pick by)."""
+        if self.s.best_of_max == 0 or not self.rewards:
+            return 0
+        return min(self.s.best_of_prompts, len(self.bench.prompts())) * self.s.best_of_max
 
     # -- generation and scoring --------------------------------------------------------------------
     def generate(
@@ -230,55 +256,93 @@ class Evaluator:
         have = self._cache.get(key)
         done = 0 if have is None else len(have)
         if done < n:
-            prompts = [item.prompt for item in self.items[done:n]]
-            new = self.generate(self.pipe, prompts, self.seeds[done:n], targets)
+            new = self._produce(targets, range(done, n))
             have = new if have is None else torch.cat([have, new])
             self._cache[key] = have
         return have[:n]
+
+    def _produce(self, targets: Mapping[str, float], indices: range) -> torch.Tensor:
+        """Generate the images of items ``indices``; for the headline condition of a benchmark whose
+        images go to an external judge, read back those an earlier run stored and store the new ones."""
+        store = self.image_dir is not None and _key(targets) == _key(self.headline_targets)
+        images: dict[int, torch.Tensor] = {}
+        if store:
+            for i in indices:
+                stored = self.bench.stored_image(self.image_dir, i, self.s.samples_per_prompt)
+                if stored is not None:
+                    images[i] = stored
+            if images:
+                self.progress(len(images))
+        missing = [i for i in indices if i not in images]
+        if missing:
+            prompts = [self.items[i].prompt for i in missing]
+            new = self.generate(self.pipe, prompts, [self.seeds[i] for i in missing], targets)
+            if store:
+                self.bench.write_images(self.image_dir, missing, new, self.s.samples_per_prompt)
+            images |= dict(zip(missing, new, strict=True))
+        return torch.stack([images[i] for i in indices])
 
     def score(self, images: torch.Tensor, prompts: Sequence[str]) -> dict[str, torch.Tensor]:
         return {name: model.score(images, list(prompts)) for name, model in self.rewards.items()}
 
     # -- the studies --------------------------------------------------------------------------------
-    def benchmark(
-        self, targets: Mapping[str, float]
-    ) -> tuple[list[dict[str, Any]], dict[str, dict[str, float]], dict[str, torch.Tensor]]:
-        """Every benchmark item at ``targets``: per-category accuracy rows, mean rewards and the
-        per-image scores."""
+    def judge(
+        self, n: int, images: torch.Tensor, scores: Mapping[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
+        """The judge's metrics of the first ``n`` items' images (none for a benchmark without a judge)."""
+        if not self.bench.metrics:
+            return {}
+        metrics = self.bench.judge(self.items[:n], images, scores)
+        return {m.name: metrics[m.name].float() for m in self.bench.metrics}
+
+    def benchmark(self, targets: Mapping[str, float]) -> dict[str, Any]:
+        """Every benchmark item at ``targets``: per-category rows of the judge's metrics, mean rewards
+        (overall and per category) and the per-image scores and metrics."""
         images = self.images(targets, len(self.items))
         scores = self.score(images, [item.prompt for item in self.items])
-        rows: list[dict[str, Any]] = []
-        if ALIGNMENT in scores:
-            per_cat, overall = score_benchmark(self.items, scores[ALIGNMENT])
-            rows = [asdict(r) for r in [*per_cat, overall]]
-        return rows, {name: mean_se(v) for name, v in scores.items()}, scores
+        metrics = self.judge(len(self.items), images, scores)
+        rows = []
+        if metrics:
+            rows = category_rows(self.items, self.bench.metrics, metrics, self.bench.categories())
+        by_category: dict[str, dict[str, dict[str, float]]] = {}
+        for category in self.bench.categories():
+            idx = torch.tensor([i for i, item in enumerate(self.items) if item.category == category])
+            by_category[category] = {name: mean_se(v[idx]) for name, v in scores.items()}
+        return {"rows": rows, "rewards": {name: mean_se(v) for name, v in scores.items()},
+                "by_category": by_category, "scores": scores, "metrics": metrics}
 
     def sweep(self, reward: str) -> tuple[list[dict[str, float]], dict[str, dict[str, float]]]:
         """Sweep one reward's target over the levels, others at the top, and measure that reward.
 
         Returns the points (mean and standard error per level) and the paired top-minus-bottom
-        contrasts: of the reward itself and, for alignment, of the all-facts-hold accuracy.
+        contrasts: of the reward itself and, when the judge reads this reward, of each of the judge's
+        metrics (the shapes world's all-facts-hold accuracy) other than one named as a reward.
         """
         n = self.sweep_size(reward)
         prompts = [item.prompt for item in self.items[:n]]
-        points, values = [], []
+        judged = reward in self.bench.required_rewards
+        read = [*self.bench.required_rewards] if judged else [reward]
+        swept = [m for m in self.bench.metrics if m.name not in self.rewards] if judged else []
+        points, values, metric_values = [], [], []
         for level in self.s.sweep_levels:
-            scores = self.rewards[reward].score(self.images(self.top() | {reward: level}, n), prompts)
-            values.append(scores)
-            point = {"target": float(level), **mean_se(scores)}
-            if reward == ALIGNMENT:
-                acc = float(all_facts_hold(scores).mean())
-                point |= {"accuracy": acc, "accuracy_se": math.sqrt(acc * (1 - acc) / n)}
+            images = self.images(self.top() | {reward: level}, n)
+            scores = {name: self.rewards[name].score(images, prompts) for name in read}
+            values.append(scores[reward])
+            point = {"target": float(level), **mean_se(scores[reward])}
+            metrics = self.judge(n, images, scores) if swept else {}
+            for metric in swept:
+                point |= metric_stats(metric, metrics[metric.name])
+            metric_values.append(metrics)
             points.append(point)
         contrasts = {"reward": paired_difference(values[-1], values[0])}
-        if reward == ALIGNMENT:
-            contrasts["accuracy"] = paired_difference(all_facts_hold(values[-1]), all_facts_hold(values[0]))
+        for metric in swept:
+            top, bottom = metric_values[-1][metric.name], metric_values[0][metric.name]
+            contrasts[metric.name] = paired_difference(top, bottom)
         return points, contrasts
 
     def best_of_n(self, pipe: MiroPipeline) -> dict[str, list[float]]:
         """Expected best reward among N samples per prompt, N = 1..best_of_max (mean over prompts)."""
-        distinct = list(dict.fromkeys(item.prompt for item in self.items))
-        chosen = distinct[: self.s.best_of_prompts]
+        chosen = self.bench.prompts()[: self.s.best_of_prompts]
         prompts = [p for p in chosen for _ in range(self.s.best_of_max)]
         seeds = [self.s.seed + 1_000_000 + i for i in range(len(prompts))]  # disjoint from the items' seeds
         images = self.generate(pipe, prompts, seeds, self.top(pipe))
@@ -287,40 +351,66 @@ class Evaluator:
             for name, values in self.score(images, prompts).items()
         }
 
+    def headline(self) -> str:
+        """The label of the headline condition: every target at the top, or the targets asked for."""
+        if not self.pipe.reward_names:
+            return "unconditional"
+        if self.headline_targets == self.top():
+            return TOP_CONDITION
+        spec = ", ".join(f"{k}={v:g}" for k, v in self.headline_targets.items() if v != TARGET_MAX)
+        return f"targets {spec}, others {TARGET_MAX:g}"
+
     def conditions(self) -> dict[str, dict[str, float]]:
-        """The benchmark's conditions by label: all targets high; the alignment sweep's lowest point
-        (its per-category table shows what the alignment target alone changes); optionally all low."""
+        """The benchmark's conditions by label: the headline (all targets high unless asked otherwise);
+        the lowest sweep point of each reward the judge reads (its per-category table shows what that
+        target alone changes); optionally all low."""
         names = self.pipe.reward_names
         if not names:
             return {"unconditional": {}}
-        out = {TOP_CONDITION: self.top()}
-        if ALIGNMENT in self.swept_rewards():
-            low = self.s.sweep_levels[0]
-            out[f"alignment {low:g}, others {TARGET_MAX:g}"] = self.top() | {ALIGNMENT: low}
+        out = {self.headline(): self.headline_targets}
+        for reward in self.bench.required_rewards:
+            if reward in self.swept_rewards():
+                low = self.s.sweep_levels[0]
+                out[f"{reward} {low:g}, others {TARGET_MAX:g}"] = self.top() | {reward: low}
         if self.s.all_low:
             out["all targets 0"] = dict.fromkeys(names, 0.0)
         return out
 
     def run(self, model_name: str, baseline: MiroPipeline | None = None) -> EvalResults:
+        absent = [name for name in self.bench.required_rewards if name not in self.rewards]
+        if absent:
+            raise ValueError(
+                f"the {self.bench.name} benchmark's judge reads the reward(s) {', '.join(absent)}: "
+                f"measure them (--rewards {','.join([*self.bench.required_rewards, *self.rewards])})"
+            )
         start = time.perf_counter()
         resolved = self.pipe.sampling(self.s.guidance, self.s.steps)
         sampling = {
             "guidance": resolved["guidance"], "steps": resolved["steps"], "precision": self.pipe.precision,
             "threads": torch.get_num_threads(), "cpu_kind": cpu_info().kind,
         }
-        res = EvalResults(model=model_name, settings=asdict(self.s), sampling=sampling)
+        res = EvalResults(
+            model=model_name, sampling=sampling,
+            settings=asdict(self.s) | {"benchmark": self.bench.describe()},
+            judge={"benchmark": self.bench.describe(), "metrics": [asdict(m) for m in self.bench.metrics],
+                   "required_rewards": list(self.bench.required_rewards)},
+            image_dir=None if self.image_dir is None else str(self.image_dir),
+        )
         bins = self.pipe.pretrained.bins
         for name in self.rewards:
             if bins is not None and name in bins.names:
                 res.data_range[name] = bins.data_range(name)
         for label, targets in self.conditions().items():
             log.info("benchmark: %s", label)
-            res.benchmark[label], res.rewards_at[label], scores = self.benchmark(targets)
-            res.per_image[label] = {name: v.float().tolist() for name, v in scores.items()}
+            out = self.benchmark(targets)
+            res.benchmark[label], res.rewards_at[label] = out["rows"], out["rewards"]
+            res.rewards_by_category[label] = out["by_category"]
+            res.per_image[label] = {name: v.float().tolist() for name, v in out["scores"].items()}
+            res.per_image_metrics[label] = {name: v.float().tolist() for name, v in out["metrics"].items()}
         for name in self.swept_rewards():
             log.info("control sweep: %s", name)
             res.sweeps[name], res.contrasts[name] = self.sweep(name)
-        if self.s.best_of_max > 0:
+        if self.best_of_size() > 0:
             res.best_of_n[model_name] = self.best_of_n(self.pipe)
             if baseline is not None:
                 res.best_of_n["baseline"] = self.best_of_n(baseline)
@@ -336,7 +426,8 @@ def _key(targets: Mapping[str, float]) -> Targets:
 def control_check(res: EvalResults, z_threshold: float = 2.0) -> dict[str, Any]:
     """The demo's acceptance numbers, each a paired top-minus-bottom difference with its standard error.
 
-    * alignment accuracy with its target at the top vs the bottom of the sweep (others at the top);
+    * each judge metric swept with a reward the judge reads (the shapes world: ``alignment_accuracy``,
+      the all-facts-hold accuracy with the alignment target at the top vs the bottom, others at the top);
     * for each swept reward: it "rises" only when its measured value at the top target exceeds the
       bottom one by more than ``z_threshold`` standard errors (a positive difference alone is noise
       half of the time), and "stays within the data" when every point's mean lies inside the range of
@@ -344,13 +435,15 @@ def control_check(res: EvalResults, z_threshold: float = 2.0) -> dict[str, Any]:
     The least-squares slope over the sweep's means is reported for reading, not for the verdict.
     """
     out: dict[str, Any] = {"z_threshold": z_threshold}
-    accuracy = res.contrasts.get(ALIGNMENT, {}).get("accuracy")
-    points = res.sweeps.get(ALIGNMENT)
-    if accuracy and points:
-        out["alignment_accuracy"] = {
-            "low_target": points[0]["accuracy"], "high_target": points[-1]["accuracy"], **accuracy,
-            "significant": bool(accuracy["z"] > z_threshold),
-        }
+    for reward, contrasts in res.contrasts.items():
+        points = res.sweeps.get(reward)
+        for metric, contrast in contrasts.items():
+            if metric == "reward" or not points or metric not in points[0]:
+                continue
+            out[f"{reward}_{metric}"] = {
+                "low_target": points[0][metric], "high_target": points[-1][metric], **contrast,
+                "significant": bool(contrast["z"] > z_threshold),
+            }
     for name, pts in res.sweeps.items():
         means = np.array([p["mean"] for p in pts], dtype=np.float64)
         targets = np.array([p["target"] for p in pts], dtype=np.float64)

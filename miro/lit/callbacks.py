@@ -148,6 +148,7 @@ class ExportPretrained(L.Callback):
         sampling: DictConfig | dict | None = None,
         every_n_steps: int = 0,
         periodic_dir: str | None = None,
+        benchmark: str | None = None,
     ) -> None:
         if every_n_steps < 0:
             raise ValueError(f"every_n_steps must be >= 0 (0 = only the final export), got {every_n_steps}")
@@ -157,6 +158,8 @@ class ExportPretrained(L.Callback):
         self.sampling = _plain(sampling) if sampling else {}
         self.every_n_steps = every_n_steps
         self.periodic_dir = Path(periodic_dir) if periodic_dir else Path(out_dir).parent / "exports"
+        # The name of the benchmark miro-eval uses for this model by default (conf/benchmark/NAME.yaml).
+        self.benchmark = benchmark
         self._last_periodic: int | None = None
 
     def on_train_batch_end(
@@ -189,7 +192,8 @@ class ExportPretrained(L.Callback):
             dm.image_size,
             self.sampling,
             vae_config=self.vae_config,
-            extra={"training": {"global_step": trainer.global_step}},
+            extra={"training": {"global_step": trainer.global_step},
+                   **({"benchmark": self.benchmark} if self.benchmark else {})},
         )
         log.info("exported EMA weights to %s", path)
         return path

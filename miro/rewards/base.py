@@ -6,6 +6,11 @@ per image. Scoring, binning, training, guidance and GRPO only ever see this inte
 reward plugs in by subclassing it and either registering it (``@register_reward``) or pointing a
 Hydra config at it (``conf/rewards/NAME.yaml`` with a ``_target_``).
 
+Rewards are known by name from two places: the core's own modules (below) and the modules named by the
+``_target_`` of every file in ``conf/rewards/``, the user's configuration. The second is how a plug-in's
+reward (the shapes world's ``alignment``, ``conf/rewards/alignment.yaml``) is found without the core
+importing it; a model directory never names a reward module (it lists reward names only).
+
 Scores are *raw*: any increasing rescaling is irrelevant, because bins are quantiles fitted on data.
 """
 
@@ -14,10 +19,12 @@ from __future__ import annotations
 import importlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+import yaml
 from PIL import Image
 
 ImageLike = Image.Image | np.ndarray | torch.Tensor
@@ -29,7 +36,7 @@ _ALIASES: dict[str, str] = {}
 _BUILTIN_MODULES = tuple(
     f"miro.rewards.{m}"
     for m in ("offline", "aesthetic", "hps", "imagereward", "pick", "vqa", "jina_clip", "sci")
-) + ("miro.shapes.alignment",)
+)
 
 
 class UnknownRewardError(KeyError):
@@ -120,8 +127,28 @@ def register_reward(cls: type[RewardModel]) -> type[RewardModel]:
     return cls
 
 
+def configured_reward_modules(rewards_dir: Path | None = None) -> list[str]:
+    """Modules named by the ``_target_`` of the reward files in ``conf/rewards/`` (one reward per file,
+    nested under its name; reward sets, which only list other files, name none), in file order."""
+    if rewards_dir is None:
+        from miro.config import CONF_DIR
+
+        rewards_dir = CONF_DIR / "rewards"
+    modules: list[str] = []
+    for path in sorted(Path(rewards_dir).glob("*.yaml")):
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except (OSError, yaml.YAMLError):
+            continue  # reported where the file is composed (scoring), not while listing names
+        for config in (data or {}).values() if isinstance(data, dict) else ():
+            target = config.get("_target_") if isinstance(config, dict) else None
+            if isinstance(target, str) and "." in target:
+                modules.append(target.rpartition(".")[0])
+    return list(dict.fromkeys(modules))
+
+
 def _load_builtins() -> None:
-    for module in _BUILTIN_MODULES:
+    for module in (*_BUILTIN_MODULES, *configured_reward_modules()):
         try:
             importlib.import_module(module)
         except ModuleNotFoundError as err:  # a module not written yet must not hide the others

@@ -30,6 +30,7 @@ from miro.config import (
     resolve_compute,
     write_compute_record,
 )
+from miro.eval.benchmark import instantiate_benchmark
 from miro.lit.interrupt import CheckpointOnSigterm, fit_or_exit, fresh_run_dir
 from miro.lit.threads import KeepThreadsFitting
 from miro.pipeline import RewardSpecError, resolve_request
@@ -47,7 +48,7 @@ def build(cfg: DictConfig) -> tuple[L.LightningModule, L.LightningDataModule, L.
     """Module, prompt data and a trainer that stops after ``cfg.iterations`` GRPO iterations."""
     L.seed_everything(cfg.seed, workers=True)
     write_compute_record(cfg, resolve_compute(cfg))
-    datamodule = instantiate(cfg.data)
+    datamodule = instantiate(cfg.data, held_out=held_out_prompts(cfg))
     module = instantiate(cfg.module)
     updates = updates_per_iteration(
         cfg.data.prompts_per_iteration,
@@ -77,6 +78,20 @@ def build(cfg: DictConfig) -> tuple[L.LightningModule, L.LightningDataModule, L.
     return module, datamodule, trainer
 
 
+def held_out_prompts(cfg: DictConfig) -> list[str]:
+    """The prompts GRPO must not train on: those of the benchmark the model is evaluated on (the config's
+    ``benchmark``, the same conf/benchmark/ file miro-eval reads), when ``data.exclude_eval``."""
+    if not cfg.data.get("exclude_eval", False):
+        return []
+    if cfg.get("benchmark") is None:
+        raise InputError(
+            "data.exclude_eval needs the benchmark the model is evaluated on, to keep its prompts out of "
+            "training: benchmark=shapes (or geneval/rewards with benchmark.prompts=FILE), or "
+            "data.exclude_eval=false"
+        )
+    return instantiate_benchmark(cfg.benchmark).prompts()
+
+
 def check_config(cfg: DictConfig) -> None:
     """What can be wrong with the composed config, checked before the model is loaded or a rollout runs:
     the reward names (unknown ones used to surface only after the first rollouts), counts, the device,
@@ -98,6 +113,7 @@ def check_config(cfg: DictConfig) -> None:
         raise InputError(f"module.rewards: {err}") from None
     names = list(weights) + list(cfg.module.get("monitor_rewards") or [])
     reward_specs(names)  # resolves every name or alias: an unknown one is named with the valid ones
+    held_out_prompts(cfg)  # the benchmark (and its prompt file) before any model is loaded
     check_accelerator(cfg.trainer)
     check_resume_checkpoint(cfg.get("ckpt_path"))
     check_request(cfg)

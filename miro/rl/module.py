@@ -625,6 +625,8 @@ class GRPOModule(L.LightningModule):
                     "rewards": self.reward_weights,
                     "request": self.request,  # what the rollouts were conditioned on
                     **(extra or {}),
-                }
+                },
+                # the starting model's benchmark stays miro-eval's default for the fine-tuned one
+                **({"benchmark": pre.config["benchmark"]} if pre.config.get("benchmark") else {}),
             },
         )

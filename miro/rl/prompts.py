@@ -1,14 +1,16 @@
-"""Prompts for GRPO rollouts: a text file, or the embedded benchmark's grammar minus its test prompts.
+"""Prompts for GRPO rollouts: a text file or a pool given by the config, minus the evaluation's prompts.
 
 Prompts are drawn per iteration from a generator seeded by (seed, iteration), so a resumed run draws the
-prompts an uninterrupted run would have. With ``exclude_eval`` the prompts ``miro-eval`` scores (its
-default set) are removed, so "the reward rose on held-out prompts" means what it says.
+prompts an uninterrupted run would have. With ``exclude_eval`` the prompts of the benchmark the model is
+evaluated on (the config's ``benchmark``, read from it: ``Benchmark.prompts()``) are removed, so "the
+reward rose on held-out prompts" means what it says. The pool itself is domain knowledge and comes from
+the config (``conf/experiment/rl_shapes_step.yaml`` asks the shapes plug-in for its grammar's prompts).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import lightning as L
 import torch
@@ -16,35 +18,32 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from miro.data.datamodule import step_seed
 from miro.data.prompt_file import read_prompt_file
-from miro.shapes.benchmark import benchmark_prompts
 
 log = logging.getLogger(__name__)
 
 
 def training_prompts(
     prompts_file: str | None = None,
-    benchmark_seed: int = 1,
-    per_category: int = 64,
-    exclude_eval: bool = True,
-    eval_per_category: int = 16,
-    eval_seed: int = 0,
+    pool: Sequence[str] | None = None,
+    held_out: Sequence[str] = (),
 ) -> list[str]:
-    """The prompt pool: ``prompts_file`` if given, else distinct benchmark prompts drawn with
-    ``benchmark_seed``; with ``exclude_eval``, minus those of the evaluator's set (``eval_*``)."""
+    """The prompt pool: ``prompts_file`` if given, else ``pool``; minus the ``held_out`` prompts."""
     if prompts_file:
-        pool = read_prompt_file(prompts_file)
+        prompts = read_prompt_file(prompts_file)
+    elif pool:
+        prompts = [str(p) for p in pool]
     else:
-        pool = list(dict.fromkeys(p.prompt for p in benchmark_prompts(per_category, benchmark_seed)))
-    if exclude_eval:
-        held_out = {p.prompt for p in benchmark_prompts(eval_per_category, eval_seed)}
-        kept = [p for p in pool if p not in held_out]
+        raise ValueError("no training prompts: set data.prompts_file (one prompt per line) or data.pool")
+    if held_out:
+        excluded = set(held_out)
+        kept = [p for p in prompts if p not in excluded]
         log.info(
-            "prompt pool: %d prompts, %d removed as evaluation prompts", len(kept), len(pool) - len(kept)
+            "prompt pool: %d prompts, %d removed as evaluation prompts", len(kept), len(prompts) - len(kept)
         )
-        pool = kept
-    if not pool:
+        prompts = kept
+    if not prompts:
         raise ValueError("no training prompts left after removing the evaluation prompts")
-    return pool
+    return prompts
 
 
 class PromptBatches(IterableDataset):
@@ -66,18 +65,22 @@ class PromptDataModule(L.LightningDataModule):
     """Feeds one batch of prompts per GRPO iteration. On resume it starts at the module's
     ``iterations_done`` (restored from the checkpoint before the loader is built)."""
 
-    def __init__(self, prompts_per_iteration: int, seed: int = 0, **pool_options: object) -> None:
+    def __init__(
+        self, prompts_per_iteration: int, seed: int = 0, prompts_file: str | None = None,
+        pool: Sequence[str] | None = None, exclude_eval: bool = True, held_out: Sequence[str] = (),
+    ) -> None:
         super().__init__()
         if prompts_per_iteration < 1:
             raise ValueError(f"prompts_per_iteration must be >= 1, got {prompts_per_iteration}")
         self.prompts_per_iteration = prompts_per_iteration
         self.seed = seed
-        self.pool_options = pool_options
+        self.prompts_file, self.source_pool = prompts_file, list(pool) if pool else None
+        self.held_out = list(held_out) if exclude_eval else []
         self.pool: list[str] = []
 
     def setup(self, stage: str | None = None) -> None:
         if not self.pool:
-            self.pool = training_prompts(**self.pool_options)  # type: ignore[arg-type]
+            self.pool = training_prompts(self.prompts_file, self.source_pool, self.held_out)
 
     def train_dataloader(self) -> DataLoader:
         start = 0

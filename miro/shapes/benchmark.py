@@ -9,12 +9,14 @@ detector finds (GenEval's all-or-nothing rule); the mean fraction of facts that 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 
+from miro.eval.benchmark import Benchmark, BenchmarkItem, Metric
 from miro.shapes.captions import COLOURS, SHAPES, CaptionSpec, Phrase, render_caption
 
 CATEGORIES: tuple[str, ...] = ("single_object", "two_object", "counting", "colors", "color_attr", "position")
@@ -120,3 +122,49 @@ def score_benchmark(
     mean_alignment = float(np.mean([r.alignment for r in rows]))
     overall = CategoryScore("overall", len(prompts), mean_acc, se, mean_alignment)
     return rows, overall
+
+
+class ShapesBenchmark(Benchmark):
+    """The shapes world's benchmark as the evaluation sees it (``conf/benchmark/shapes.yaml``).
+
+    Items are :func:`benchmark_prompts` (``per_category`` prompts per category drawn with ``seed``);
+    the judge reads the alignment detector's scores (the fraction of a prompt's facts that hold) and
+    returns GenEval's all-or-nothing ``accuracy`` and that fraction, ``alignment`` (NaN counted 0).
+    """
+
+    name = "shapes"
+    required_rewards = ("alignment",)
+    metrics = (
+        Metric("accuracy", binary=True, description="every fact of the prompt holds"),
+        Metric("alignment", description="the mean fraction of the prompt's facts that hold"),
+    )
+    measures_model_rewards = True
+
+    def __init__(self, per_category: int = 16, seed: int = 0) -> None:
+        self.per_category, self.seed = int(per_category), int(seed)
+        self._items = [
+            BenchmarkItem(p.prompt, p.category, {"spec": p.spec})
+            for p in benchmark_prompts(self.per_category, self.seed)
+        ]
+
+    def items(self) -> list[BenchmarkItem]:
+        return list(self._items)
+
+    def categories(self) -> list[str]:
+        return [c for c in CATEGORIES if any(item.category == c for item in self._items)]
+
+    def judge(
+        self, items: Sequence[BenchmarkItem], images: torch.Tensor, scores: Mapping[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
+        alignment = scores["alignment"].float()
+        return {"accuracy": all_facts_hold(alignment), "alignment": alignment.nan_to_num(0.0)}
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "per_category": self.per_category, "seed": self.seed}
+
+
+def training_prompts(per_category: int = 64, seed: int = 1) -> list[str]:
+    """GRPO's default prompt pool for the shapes world: distinct benchmark-style prompts drawn with
+    another seed than the evaluation's (``conf/experiment/rl_shapes_step.yaml`` names this function;
+    the evaluation's own prompts are removed from it by the core, read from the chosen benchmark)."""
+    return list(dict.fromkeys(p.prompt for p in benchmark_prompts(per_category, seed)))

@@ -13,10 +13,8 @@ from __future__ import annotations
 import io
 import json
 import os
-import socket
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import urlparse
 
 import numpy as np
 import pytest
@@ -24,22 +22,12 @@ from PIL import Image
 from tiny_models import export_tiny_model
 
 from miro.pipeline import MiroPipeline
+from miro.utils.browser import free_port, launch_chromium
 
 pytestmark = pytest.mark.app
 
 CHROMIUM = os.environ.get("MIRO_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]
-LOOPBACK = {"127.0.0.1", "localhost", "[::1]", "::1"}
 TIMEOUT_MS = 60_000
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
@@ -64,20 +52,9 @@ def browser_page(served: tuple[str, Path], tmp_path_factory: pytest.TempPathFact
     if not Path(CHROMIUM).is_file():
         pytest.fail(f"{CHROMIUM} not found: make test-app needs Debian's chromium (apt-get install chromium)")
     blocked: list[str] = []
-
-    def loopback_only(route) -> None:
-        if urlparse(route.request.url).hostname in LOOPBACK or route.request.url.startswith("data:"):
-            route.continue_()
-        else:
-            blocked.append(route.request.url)
-            route.abort()
-
     with sync_playwright() as playwright:
-        context = playwright.chromium.launch_persistent_context(
-            str(tmp_path_factory.mktemp("chromium-profile")), executable_path=CHROMIUM, headless=True,
-            args=CHROMIUM_FLAGS, viewport={"width": 1400, "height": 1100},
-        )
-        context.route("**/*", loopback_only)
+        profile = str(tmp_path_factory.mktemp("chromium-profile"))
+        context = launch_chromium(playwright, profile, CHROMIUM, blocked)
         page = context.new_page()
         page.set_default_timeout(TIMEOUT_MS)
         page.goto(served[0])

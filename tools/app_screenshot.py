@@ -14,25 +14,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import sys
 import tempfile
 import time
 from pathlib import Path
-from urllib.parse import urlparse
 
-CHROMIUM_FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]
-LOOPBACK = {"127.0.0.1", "localhost", "[::1]", "::1"}
 TIMEOUT_MS = 300_000
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -57,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     from miro.app import AppModel, launch
     from miro.hub import resolve_model_dir
     from miro.pipeline import MiroPipeline
+    from miro.utils.browser import free_port, launch_chromium
 
     model_dir = resolve_model_dir(args.checkpoint)
     model = AppModel(MiroPipeline.from_pretrained(model_dir), args.checkpoint, max_images=args.n)
@@ -64,21 +52,10 @@ def main(argv: list[str] | None = None) -> int:
     app = launch(model, "127.0.0.1", port, block=False)
     blocked: list[str] = []
 
-    def loopback_only(route) -> None:
-        if urlparse(route.request.url).hostname in LOOPBACK or route.request.url.startswith("data:"):
-            route.continue_()
-        else:
-            blocked.append(route.request.url)
-            route.abort()
-
     out = Path(args.out)
     try:
         with sync_playwright() as playwright, tempfile.TemporaryDirectory() as profile:
-            context = playwright.chromium.launch_persistent_context(
-                profile, executable_path=args.chromium, headless=True, args=CHROMIUM_FLAGS,
-                viewport={"width": 1400, "height": 1100},
-            )
-            context.route("**/*", loopback_only)
+            context = launch_chromium(playwright, profile, args.chromium, blocked)
             page = context.new_page()
             page.set_default_timeout(TIMEOUT_MS)
             page.goto(f"http://127.0.0.1:{port}")

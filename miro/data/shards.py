@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import glob
 import io
+import json
 import logging
 import os
 import tarfile
@@ -19,6 +20,7 @@ import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import braceexpand
 import webdataset as wds
@@ -194,6 +196,16 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> None:
     except BaseException:  # nothing half-written stays behind, whatever stopped the write
         tmp.unlink(missing_ok=True)
         raise
+
+
+def write_json_and_markdown(out_dir: str | Path, stem: str, data: Any, markdown: str) -> dict[str, Path]:
+    """A result as ``<stem>.json`` (for programs) and ``<stem>.md`` (for people), each written atomically."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out / f"{stem}.json", "markdown": out / f"{stem}.md"}
+    write_bytes_atomic(paths["json"], json.dumps(data, indent=2).encode())
+    write_bytes_atomic(paths["markdown"], markdown.encode())
+    return paths
 
 
 def encode_jpeg(image, quality: int = 95) -> bytes:

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from miro.data.shards import write_bytes_atomic
+from miro.data.shards import write_json_and_markdown
 from miro.eval.runner import TOP_CONDITION, paired_difference
 
 # The benchmark (name and settings: the same prompts), the images per prompt and the seed (the same noise).
@@ -191,9 +191,4 @@ def comparison_markdown(result: dict[str, Any]) -> str:
 
 
 def write_comparison(result: dict[str, Any], out_dir: str | Path) -> dict[str, Path]:
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = {"json": out / "comparison.json", "markdown": out / "comparison.md"}
-    write_bytes_atomic(paths["json"], json.dumps(result, indent=2).encode())
-    write_bytes_atomic(paths["markdown"], comparison_markdown(result).encode())
-    return paths
+    return write_json_and_markdown(out_dir, "comparison", result, comparison_markdown(result))

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from miro.data.shards import write_bytes_atomic
+from miro.data.shards import write_bytes_atomic, write_json_and_markdown
 from miro.eval.benchmark import Benchmark, BenchmarkError, BenchmarkItem
 
 RUN_FILE = "miro_geneval_run.json"  # not a digit folder: GenEval's evaluate_images.py skips it
@@ -186,9 +186,4 @@ def summary_markdown(summary: dict[str, Any]) -> str:
 
 
 def write_summary(summary: dict[str, Any], out_dir: str | Path) -> dict[str, Path]:
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = {"json": out / "geneval_summary.json", "markdown": out / "geneval_summary.md"}
-    write_bytes_atomic(paths["json"], json.dumps(summary, indent=2).encode())
-    write_bytes_atomic(paths["markdown"], summary_markdown(summary).encode())
-    return paths
+    return write_json_and_markdown(out_dir, "geneval_summary", summary, summary_markdown(summary))

@@ -162,7 +162,12 @@ def write_runs(root: Path, *, step_log: bool = True) -> None:
             (s / "grpo" / variant / "config.yaml").write_text(
                 "iterations: 1\ndata:\n  prompts_per_iteration: 2\nmodule:\n  group_size: 2\n"
             )
-            images = {"alignment": [0.5 + gain, 0.5 + gain, 0.4 + gain, 0.6 + gain]}  # mean 0.5 + gain
+            noise = {
+                "step": [0, 0, -0.1, 0.1],
+                "chunk": [0.1, -0.1, 0, 0],
+                "chunk_weighted": [0, 0.1, -0.1, 0],
+            }
+            images = {"alignment": [0.5 + gain + x for x in noise[variant]]}  # mean 0.5 + gain
             put(
                 s / "eval" / "grpo" / variant,
                 results("all targets 10", 0.5 + gain, {"alignment": 0.5 + gain, "colorfulness": 5.0 - gain},

@@ -477,6 +477,14 @@ def test_report_tables_hold_the_numbers(saved: Study) -> None:
     )
     assert _row(md, "| chunk |").startswith("| chunk | [2] | 0.275 ± 0.106 |")
     assert "- chunk − step, `alignment` after GRPO (paired by seed): 0.125 ± 0.035 [0.100, 0.150]" in md
+    # ... and image by image: differences [0.1, -0.1, 0.1, -0.1] + gap within each seed (sd 0.11547, se
+    # 0.057735), over two seeds sqrt(2) * 0.057735 / 2 = 0.040825, larger than the seed SE 0.025, so used;
+    # the paper's chunk gain, 1.03 % of step-level's 0.65 = 0.0067: SE / gap 6.10.
+    assert _row(md, "| chunk − step, alignment |") == (
+        "| chunk − step, alignment | 0.125 ± 0.035 | 0.041 | 0.041 | 0.007 | 6.10 |"
+    )
+    assert "- chunk_weighted − step, alignment: **may** conclude A > B (+0.100, |gap| > 2 SE = 0.082)" in md
+    assert "(one training seed: the spread between seeds is unknown)" in md
     assert "(1 iterations x 2 prompts x 2 samples = 4 rollouts)" in md
     # The setting is read from the runs and the configuration, not written for one scale.
     assert "a 1.2k-parameter DiT on 24 px synthetic shapes, 4 training steps, 2 rewards" in md

@@ -59,6 +59,7 @@ PAPER = {
 }
 VERDICT_LABEL = {
     "speedup": "Convergence speed-up",
+    "geneval": "Accuracy over the baseline",
     "control": "Control",
     "best_of": "Best-of-N",
     "guidance": "Guidance",
@@ -199,18 +200,24 @@ def conclude(gaps: Sequence[Gap], fraction: float) -> list[str]:
             said = f"**may** conclude A {'>' if m > 0 else '<'} B ({_signed(m)}, |gap| > 2 SE = {2 * se:.3f})"
         else:
             said = f"**may not** conclude a difference ({_signed(m)}, within 2 SE = {2 * se:.3f})"
-        if math.isfinite(g.reference):
+        if abs(m) > 2 * se:
+            if math.isfinite(g.reference):
+                said += (
+                    f"; SE / the paper's relative gap at this level ({g.reference:.3f}) {g.resolution:.2f}"
+                )
+        elif math.isfinite(g.reference):
             if g.resolution <= fraction:
                 said += (
                     f"; the resolution suffices for an effect of the paper's relative size ({g.reference:.3f}"
-                    f" here, SE/gap {g.resolution:.2f} ≤ {fraction:.2f})"
-                    + (", so its absence is informative" if abs(m) <= 2 * se else "")
+                    f" here, SE/gap {g.resolution:.2f} ≤ {fraction:.2f})" + ", so its absence is informative"
                 )
             else:
                 said += (
                     f"; **may not** conclude that an effect of the paper's relative size ({g.reference:.3f} "
                     f"here) is absent: SE/gap {g.resolution:.2f} > {fraction:.2f}"
                 )
+        if g.seeds.n < 2:
+            said += " (one training seed: the spread between seeds is unknown)"
         lines.append(f"- {g.label}: {said}.")
     if not lines:
         return []
@@ -320,6 +327,14 @@ class Report:
             *gap_table([*gaps, *final]),
             *conclude([gaps[-1], *final], self.fraction),
         ]
+        g = gaps[-1]
+        if g.seeds.n:
+            se = "n/a" if not math.isfinite(g.se) else f"{g.se:.3f}"
+            ratio = "n/a" if not math.isfinite(g.resolution) else f"{g.resolution:.2f}"
+            sec.verdicts["geneval"] = (
+                f"MIRO − baseline {short(g.seeds)} at step {steps[-1]}, paired (SE {se}; SE / the paper's "
+                f"relative gap at our level {ratio})"
+            )
 
         def panels(names: Sequence[str]) -> dict[str, dict[str, list]]:
             return {m: {ROLE_LABEL[role]: curves[role][m] for role in ROLES} for m in names}
@@ -857,7 +872,8 @@ class Report:
             [
                 "accuracy over the baseline",
                 PAPER["geneval"],
-                f"MIRO {acc['miro'].format()} vs baseline {acc['baseline'].format()} (last evaluated step)",
+                f"MIRO {acc['miro'].format()} vs baseline {acc['baseline'].format()} (last evaluated step); "
+                + verdicts.get("geneval", "no paired gap"),
                 "our benchmark is GenEval's six categories on the shapes grammar judged by a programmatic "
                 "detector, not GenEval's object detector on natural images",
             ],

@@ -140,9 +140,9 @@ def write_runs(root: Path, *, step_log: bool = True) -> None:
                 results("all targets 10", acc + 0.05 * seed, {"alignment": acc, "colorfulness": 5.0 + scale}),
             )
         for i, variant in enumerate(
-            ("rewards_low", "empty_text", "empty_text_rewards_low", "push_alignment")
+            ("rewards_low", "empty_text", "empty_text_rewards_low", "push_sharpness")
         ):
-            if (seed, variant) == (1, "push_alignment"):
+            if (seed, variant) == (1, "push_sharpness"):
                 continue
             acc = 0.3 - 0.1 * i + 0.02 * seed
             put(

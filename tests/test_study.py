@@ -457,10 +457,10 @@ def test_report_tables_hold_the_numbers(saved: Study) -> None:
     assert "recorded in the runs' results.json: 2)" in md
     # Push one reward is one of the negative branches compared with the model's own: seed 0 only (0.0
     # against 0.5), so no SE and nothing may be concluded.
-    assert _row(md, "| push_alignment − the model's own, accuracy |") == (
-        "| push_alignment − the model's own, accuracy | -0.500 | n/a | n/a | 0.051 | n/a |"
+    assert _row(md, "| push_sharpness − the model's own, accuracy |") == (
+        "| push_sharpness − the model's own, accuracy | -0.500 | n/a | n/a | 0.051 | n/a |"
     )
-    assert "- push_alignment − the model's own, accuracy: -0.500 from 1 seed(s) without a usable" in md
+    assert "- push_sharpness − the model's own, accuracy: -0.500 from 1 seed(s) without a usable" in md
     # Control: the alignment sweep's top point over the seeds; both seeds' z but only one above 2.
     assert _row(md, "| 10 |").startswith("| 10 | 0.600 ± 0.141 [0.500, 0.700] |")
     assert _row(md, "| alignment | 0.300 ± 0.000").endswith("| 1/2 | [0, 1] |")
@@ -529,7 +529,7 @@ def test_cli_report_and_dry_run(saved: Study, capsys: pytest.CaptureFixture) -> 
     )
     assert listing[0].startswith("todo  data/shapes: make data SHARDS=runs/data/shards N=96 ")
     # Every listed command is a Makefile stage that make expands to one Python command.
-    assert len(listing) == 43  # 3 data steps and 20 per seed (push_alignment among them)
+    assert len(listing) == 43  # 3 data steps and 20 per seed (push_sharpness among them)
     for line in listing:
         assert expand(line.split(": ", 1)[1])[:2] == ["py", "-m"]
     empty = Path("empty.md")

@@ -646,8 +646,17 @@ class Report:
             described = ", ".join(f"{k} {json.dumps(v)}" for k, v in flags.items())
             rows.append(row(f"{variant} ({described})", by_negative[variant]))
         scale_text = "n/a" if default_w is None else f"{float(default_w):g}"
+        guided = self.runs.sampling.get("guided_rewards")
+        own_is = (
+            f" With one guided reward ({guided[0]}) the model's own branch is the paper's "
+            '"push one reward" trick on that reward.'
+            if isinstance(guided, list) and len(guided) == 1
+            else ""
+        )
         sec.lines += [
-            f"Negative branches at the model's scale ({scale_text}); unnamed negative rewards are 0:",
+            f"Negative branches at the model's scale ({scale_text}); unnamed negative rewards are 0, so "
+            '`negative_rewards ""` is MIRO\'s default (every reward low). '
+            f"The model's own: {self._guided()}." + own_is,
             "",
             *table(["negative branch", *header], rows),
         ]

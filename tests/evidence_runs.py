@@ -12,7 +12,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-SETTINGS = {"per_category": 1, "samples_per_prompt": 1, "seed": 0}
+SETTINGS = {
+    "per_category": 1, "samples_per_prompt": 1, "seed": 0,
+    "benchmark": {"name": "shapes", "per_category": 1, "seed": 0, "max_count": 2},
+}  # fmt: skip
 # Hydra overrides of conf/report.yaml at scale "test" that describe these runs (runs_dir relative to the
 # working directory, so that the paths in the report do not depend on where the test runs).
 OVERRIDES = [
@@ -24,6 +27,13 @@ OVERRIDES = [
     "analysis.threshold_fractions=[0.5,1.0]",
 ]
 MACHINE = {"cpu": "AMD EPYC", "cores": 2, "gpu": None, "torch": "2.13.0+cpu"}
+
+
+def per_image(cond: str, values: dict[str, list[float]]) -> dict[str, Any]:
+    """results.json's per-image fields at ``cond``: ``accuracy`` is a judge metric, the rest rewards."""
+    rewards = {k: v for k, v in values.items() if k != "accuracy"}
+    metrics = {k: v for k, v in values.items() if k == "accuracy"}
+    return {"per_image": {cond: rewards}, "per_image_metrics": {cond: metrics}}
 
 
 def results(cond: str, acc: float, rewards: dict[str, float], **extra: Any) -> dict[str, Any]:
@@ -74,13 +84,16 @@ def write_runs(root: Path, *, step_log: bool = True) -> None:
         export(s / "train" / "baseline" / "export", {"reward_names": []}, 1234)
         for i, step in enumerate((2, 4)):
             acc, base = miro_acc[seed][i], base_acc[seed][i]
+            # at step 4, four images each, paired: MIRO's accuracy 1,1,0,[0,1][seed] against 0,1,0,0
+            mine = per_image("all targets 10", {"accuracy": [1, 1, 0, [0, 1][seed]]}) if step == 4 else {}
+            theirs = per_image("unconditional", {"accuracy": [0, 1, 0, 0]}) if step == 4 else {}
             put(
                 s / "eval" / "convergence" / "miro" / f"step{step:07d}",
-                results("all targets 10", acc, {"alignment": acc, "colorfulness": 5.0}),
+                results("all targets 10", acc, {"alignment": acc, "colorfulness": 5.0}, **mine),
             )
             put(
                 s / "eval" / "convergence" / "baseline" / f"step{step:07d}",
-                results("unconditional", base, {"alignment": base, "colorfulness": 10.0 * (i + 1)}),
+                results("unconditional", base, {"alignment": base, "colorfulness": 10.0 * (i + 1)}, **theirs),
             )
         sweep = [
             {"target": 0.0, "mean": 0.2 + 0.2 * seed, "se": 0.05, "n": 4, "accuracy": 0.1},
@@ -126,7 +139,11 @@ def write_runs(root: Path, *, step_log: bool = True) -> None:
                 s / "eval" / "guidance" / f"scale{scale:g}",
                 results("all targets 10", acc + 0.05 * seed, {"alignment": acc, "colorfulness": 5.0 + scale}),
             )
-        for i, variant in enumerate(("rewards_low", "empty_text", "empty_text_rewards_low")):
+        for i, variant in enumerate(
+            ("rewards_low", "empty_text", "empty_text_rewards_low", "push_sharpness")
+        ):
+            if (seed, variant) == (1, "push_sharpness"):
+                continue
             acc = 0.3 - 0.1 * i + 0.02 * seed
             put(
                 s / "eval" / "negative" / variant,
@@ -145,10 +162,17 @@ def write_runs(root: Path, *, step_log: bool = True) -> None:
             (s / "grpo" / variant / "config.yaml").write_text(
                 "iterations: 1\ndata:\n  prompts_per_iteration: 2\nmodule:\n  group_size: 2\n"
             )
+            noise = {
+                "step": [0, 0, -0.1, 0.1],
+                "chunk": [0.1, -0.1, 0, 0],
+                "chunk_weighted": [0, 0.1, -0.1, 0],
+            }
+            images = {"alignment": [0.5 + gain + x for x in noise[variant]]}  # mean 0.5 + gain
             put(
                 s / "eval" / "grpo" / variant,
-                results("all targets 10", 0.5 + gain, {"alignment": 0.5 + gain, "colorfulness": 5.0 - gain}),
-            )
+                results("all targets 10", 0.5 + gain, {"alignment": 0.5 + gain, "colorfulness": 5.0 - gain},
+                        **per_image("all targets 10", images)),
+            )  # fmt: skip
     if step_log:
         records = [
             {"name": "data/bins", "study": "data", "seed": None, "returncode": 0, "seconds": 30.0,

@@ -233,7 +233,7 @@ def test_prompt_pool_excludes_evaluation_prompts_and_batches_depend_only_on_the_
     # The held-out prompts are read from the benchmark the experiment names, the one miro-eval uses.
     cfg = compose_config("rl", ["+experiment=rl_shapes_step", "data.pool.per_category=16"])
     held_out = held_out_prompts(cfg)
-    assert held_out == ShapesBenchmark(per_category=16, seed=0).prompts()
+    assert held_out == ShapesBenchmark(per_category=16, seed=0, max_count=2).prompts()  # the conf's max_count
     source = list(instantiate(cfg.data.pool))
     assert set(source) & set(held_out)  # the grammar's pool does contain evaluation prompts ...
     pool = training_prompts(pool=source, held_out=held_out)

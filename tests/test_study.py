@@ -29,8 +29,13 @@ from miro.shapes.study.stats import (
     binomial_se,
     distinguishable,
     gap_se,
+    images_for_gap,
     mean_curve,
+    mean_of_gaps_se,
     paired_differences,
+    paired_gap,
+    planned_gap_se,
+    resolution,
     single_sample_matches,
     speedup,
     steps_to_reach,
@@ -42,11 +47,10 @@ GOLDEN = Path(__file__).resolve().parent / "golden" / "evidence_report.md"
 GENERATED = "2026-01-02 03:04 UTC"
 
 
-def test_the_study_trains_on_the_demo_data_with_the_model_it_was_measured_with() -> None:
+def test_the_study_trains_the_demo_model_on_the_demo_data() -> None:
     """The study passes the sizes of conf/report.yaml to the Makefile's stages; at the CPU scale they are
-    the demo's own (the Makefile's defaults). The study pins the model and length docs/results.md was
-    measured with (the patch-4 DiT, 9750 steps), so a later change of the demo model does not silently
-    change what `make report` reruns."""
+    the demo's own (the Makefile's defaults), and the model and recipe are the demo's (conf/experiment/
+    shapes.yaml with no model override), trained longer than the demo (conf/report/cpu.yaml says why)."""
     made = subprocess.run(["make", "-n", "demo"], cwd=REPO, capture_output=True, text=True, check=True)
     commands = made.stdout.replace("\\\n\t", "")  # continuation lines joined
     cfg = compose_study_config("cpu", None, None, [])
@@ -58,10 +62,37 @@ def test_the_study_trains_on_the_demo_data_with_the_model_it_was_measured_with()
     )
     assert f"n_bins={d.n_bins}" in commands
     assert f"data.image_size={d.size} " in commands
-    assert cfg.train.steps == 9750 and "model=dit_shapes_patch4" in cfg.train.overrides
-    train = compose_config("train", ["+experiment=shapes", *cfg.train.overrides])
-    assert (train.model.patch_size, train.model.depth, train.model.conv_channels) == (4, 6, 32)
-    assert list(train.model.unet_channels) == []
+    assert not [
+        o for o in cfg.train.overrides if o.split("=")[0].lstrip("+~") in ("model", "data.batch_size")
+    ]
+    demo = compose_config("train", ["+experiment=shapes"])
+    studied = compose_config("train", ["+experiment=shapes", *cfg.train.overrides])
+    assert studied.model == demo.model and studied.module.lr == demo.module.lr
+    assert cfg.train.steps > demo.trainer.max_steps and demo.trainer.max_steps in Study(cfg).export_steps
+    gpu = compose_study_config("gpu", None, None, [])
+    assert gpu.train.steps > cfg.train.steps and gpu.eval.device == "cuda" and len(gpu.seeds) >= 3
+    assert len(cfg.seeds) >= 3
+
+
+def test_world_and_benchmark_agree() -> None:
+    """The benchmark asks only for counts the data shows: conf/benchmark/shapes.yaml's max_count is the
+    Makefile's MAX_OBJECTS (make demo's data and eval) and the study's data.max_objects; a study whose
+    world differs is refused."""
+    from miro.eval.benchmark import benchmark_config, build_benchmark
+    from miro.shapes.benchmark import ShapesBenchmark
+
+    made = subprocess.run(["make", "-n", "data"], cwd=REPO, capture_output=True, text=True, check=True)
+    shown = int(re.search(r"--max-objects (\d+)", made.stdout).group(1))
+    assert benchmark_config("shapes")["max_count"] == shown == compose_study_config("cpu").data.max_objects
+    bench = build_benchmark("shapes")
+    counts = {p.count for i in bench.items() if i.category == "counting" for p in i.metadata["spec"].phrases}
+    assert counts == {2} and bench.describe()["max_count"] == 2  # recorded in results.json's settings
+    with pytest.raises(ValueError, match="max_count must be at least 2"):
+        ShapesBenchmark(per_category=1, max_count=1)
+    with pytest.raises(
+        ValueError, match="max_count = 2 but the study's world shows at most data.max_objects = 4"
+    ):
+        Study(compose_study_config("test", None, None, ["data.max_objects=4"]))
 
 
 # -- statistics -------------------------------------------------------------------------------------
@@ -97,6 +128,44 @@ def test_standard_errors_and_paired_differences_by_hand() -> None:
     assert distinguishable(across_seeds([0.1])) is None and distinguishable(across_seeds([0.1, 0.1])) is None
     with pytest.raises(ValueError, match="one per seed"):
         paired_differences([0.1], [0.1, 0.2])
+
+
+def test_power_of_a_paired_gap_by_hand() -> None:
+    # The paper's +9.6 % at accuracy 0.35: the other side at 0.3836; per-image variance of the unpaired
+    # difference 0.35 * 0.65 + 0.3836 * 0.6164 = 0.2275 + 0.23645 = 0.46395. A third of the gap
+    # (0.0336 / 3 = 0.0112) over 3 seeds needs 0.46395 / (3 * 0.0112^2) = 1232.9 -> 1233 images.
+    assert images_for_gap(0.35, 0.096, 3) == 1233
+    assert planned_gap_se(0.35, 0.096, 1233, 3) == pytest.approx(0.0112, abs=2e-6)
+    assert images_for_gap(0.35, 0.096, 1) == 3699  # one seed: three times as many
+    assert resolution(0.0112, 0.0336) == pytest.approx(1 / 3) and math.isnan(resolution(0.01, 0.0))
+    with pytest.raises(ValueError, match="0 < level < 1"):
+        images_for_gap(1.2, 0.096, 3)
+    # Image-by-image differences [1, 0, 0, 1]: mean 0.5, sd sqrt(1 / 3) = 0.57735, se 0.28868; pairs with a
+    # missing side are left out.
+    g = paired_gap([1, 1, 1, 1, None], [0, 1, 1, 0, 1])
+    assert (g.mean, g.n) == (0.5, 4) and g.se == pytest.approx(0.288675, abs=1e-6)
+    assert math.isnan(paired_gap([1.0], [0.0]).se)
+    # Two seeds' gaps with SEs 0.25 and 0.288675: the mean's SE sqrt(0.0625 + 0.083333) / 2 = 0.190941.
+    assert mean_of_gaps_se([0.25, 0.288675]) == pytest.approx(0.190941, abs=1e-6)
+
+
+def test_compared_evaluations_are_paired(tmp_path: Path) -> None:
+    """Every two evaluations the report compares score the same items with the same noise: the same
+    --seed, --per-category and --samples-per-prompt (MIRO and baseline at each step; every guidance
+    scale and negative branch; GRPO before and every variant), and the evaluation seed is not the
+    training seed."""
+    study = Study(_cfg(tmp_path / "runs"))
+
+    def items(step) -> tuple[str, ...]:
+        args = shlex.split(step.shell().split("ARGS=", 1)[1].strip().strip('"').replace('\\"', '"'))
+        wanted = ("--seed", "--per-category", "--samples-per-prompt")
+        return tuple(args[args.index(flag) + 1] for flag in wanted)
+
+    for seed in study.seeds:
+        for steps in (study.convergence_steps(seed), study.guidance_steps(seed),
+                      [s for s in study.grpo_steps(seed) if "/eval/" in s.name]):  # fmt: skip
+            assert len({items(s) for s in steps}) == 1, [s.name for s in steps]
+    assert {items(s) for seed in study.seeds for s in study.convergence_steps(seed)} == {("0", "1", "1")}
 
 
 def test_steps_to_threshold_interpolates_and_says_never() -> None:
@@ -376,6 +445,22 @@ def test_report_tables_hold_the_numbers(saved: Study) -> None:
         "near 0.60 has a binomial standard error of about 0.490, and the gap between the two 2-seed "
         "mean curves one of about 0.490;" in md
     )
+    # Paired MIRO - baseline at step 4: per-seed gaps 0.3 and 0.1 (seed SE 0.1); the images' paired SE
+    # sqrt(0.25^2 + 0.288675^2) / 2 = 0.191 (test_power_of_a_paired_gap_by_hand) is larger and used,
+    # against the paper's 9.62 % of the baseline's 0.4 = 0.038: SE / gap 4.96, so an absence of the
+    # effect may not be concluded.
+    assert _row(md, "| accuracy at step 4 |") == (
+        "| accuracy at step 4 | 0.200 ± 0.141 | 0.191 | 0.191 | 0.038 | 4.96 |"
+    )
+    assert "- accuracy at step 4: **may not** conclude a difference (+0.200, within 2 SE = 0.382)" in md
+    assert "## Resolution: how small a gap each comparison can tell" in md and "1843 images per model" in md
+    assert "recorded in the runs' results.json: 2)" in md
+    # Push one reward is one of the negative branches compared with the model's own: seed 0 only (0.0
+    # against 0.5), so no SE and nothing may be concluded.
+    assert _row(md, "| push_sharpness − the model's own, accuracy |") == (
+        "| push_sharpness − the model's own, accuracy | -0.500 | n/a | n/a | 0.051 | n/a |"
+    )
+    assert "- push_sharpness − the model's own, accuracy: -0.500 from 1 seed(s) without a usable" in md
     # Control: the alignment sweep's top point over the seeds; both seeds' z but only one above 2.
     assert _row(md, "| 10 |").startswith("| 10 | 0.600 ± 0.141 [0.500, 0.700] |")
     assert _row(md, "| alignment | 0.300 ± 0.000").endswith("| 1/2 | [0, 1] |")
@@ -392,6 +477,14 @@ def test_report_tables_hold_the_numbers(saved: Study) -> None:
     )
     assert _row(md, "| chunk |").startswith("| chunk | [2] | 0.275 ± 0.106 |")
     assert "- chunk − step, `alignment` after GRPO (paired by seed): 0.125 ± 0.035 [0.100, 0.150]" in md
+    # ... and image by image: differences [0.1, -0.1, 0.1, -0.1] + gap within each seed (sd 0.11547, se
+    # 0.057735), over two seeds sqrt(2) * 0.057735 / 2 = 0.040825, larger than the seed SE 0.025, so used;
+    # the paper's chunk gain, 1.03 % of step-level's 0.65 = 0.0067: SE / gap 6.10.
+    assert _row(md, "| chunk − step, alignment |") == (
+        "| chunk − step, alignment | 0.125 ± 0.035 | 0.041 | 0.041 | 0.007 | 6.10 |"
+    )
+    assert "- chunk_weighted − step, alignment: **may** conclude A > B (+0.100, |gap| > 2 SE = 0.082)" in md
+    assert "(one training seed: the spread between seeds is unknown)" in md
     assert "(1 iterations x 2 prompts x 2 samples = 4 rollouts)" in md
     # The setting is read from the runs and the configuration, not written for one scale.
     assert "a 1.2k-parameter DiT on 24 px synthetic shapes, 4 training steps, 2 rewards" in md
@@ -436,7 +529,7 @@ def test_cli_report_and_dry_run(saved: Study, capsys: pytest.CaptureFixture) -> 
     )
     assert listing[0].startswith("todo  data/shapes: make data SHARDS=runs/data/shards N=96 ")
     # Every listed command is a Makefile stage that make expands to one Python command.
-    assert len(listing) == 41
+    assert len(listing) == 43  # 3 data steps and 20 per seed (push_sharpness among them)
     for line in listing:
         assert expand(line.split(": ", 1)[1])[:2] == ["py", "-m"]
     empty = Path("empty.md")
@@ -487,7 +580,7 @@ def test_the_smoke_scale_runs_end_to_end_through_the_makefile(
     assert study_cli.main(["--scale", "test", "--run", f"runs_dir={runs}"]) == 0
     printed = capsys.readouterr().out
     assert (
-        "[22/22] running seed0/eval/grpo/chunk_weighted" in printed
+        "[23/23] running seed0/eval/grpo/chunk_weighted" in printed
         and f"Report: {runs}/results.md" in printed
     )
     md = (runs / "results.md").read_text()

@@ -21,6 +21,8 @@ from miro.shapes.captions import COLOURS, SHAPES, CaptionSpec, Phrase, render_ca
 
 CATEGORIES: tuple[str, ...] = ("single_object", "two_object", "counting", "colors", "color_attr", "position")
 RELATIONS = ("above", "below", "left of", "right of")
+# Counting asks for 2 to MAX_COUNT objects by default (the numbers tests/test_shapes_pinned.py pins).
+MAX_COUNT = 4
 
 
 @dataclass(frozen=True)
@@ -35,7 +37,7 @@ def _two_distinct(rng: np.random.Generator, items: Sequence[str]) -> tuple[str, 
     return items[i], items[j]
 
 
-def _spec(category: str, rng: np.random.Generator) -> CaptionSpec:
+def _spec(category: str, rng: np.random.Generator, max_count: int = MAX_COUNT) -> CaptionSpec:
     shape, colour = SHAPES[rng.integers(len(SHAPES))], COLOURS[rng.integers(len(COLOURS))]
     if category == "single_object":
         return CaptionSpec((Phrase(shape),))
@@ -43,7 +45,7 @@ def _spec(category: str, rng: np.random.Generator) -> CaptionSpec:
         a, b = _two_distinct(rng, SHAPES)
         return CaptionSpec((Phrase(a), Phrase(b)))
     if category == "counting":
-        return CaptionSpec((Phrase(shape, colour, int(rng.integers(2, 5)), exact=True),))
+        return CaptionSpec((Phrase(shape, colour, int(rng.integers(2, max_count + 1)), exact=True),))
     if category == "colors":
         return CaptionSpec((Phrase(shape, colour),))
     if category == "color_attr":
@@ -57,9 +59,16 @@ def _spec(category: str, rng: np.random.Generator) -> CaptionSpec:
     raise ValueError(f"unknown benchmark category {category!r}; known: {', '.join(CATEGORIES)}")
 
 
-def benchmark_prompts(per_category: int = 16, seed: int = 0) -> list[BenchmarkPrompt]:
+def benchmark_prompts(
+    per_category: int = 16, seed: int = 0, max_count: int = MAX_COUNT
+) -> list[BenchmarkPrompt]:
     """The fixed prompt set: ``per_category`` prompts for each category, the same for every model and
     run with the same seed.
+
+    ``max_count`` is the largest count the counting category asks for (from 2): set it to the world's
+    ``--max-objects`` so that the benchmark asks only for scenes the training data shows (a model cannot
+    learn "four circles" from images with at most two objects). The default, 4, keeps the numbers of
+    the benchmark as it was first defined.
 
     Prompts are interleaved (prompt j of every category, then prompt j + 1), so any prefix of the list
     covers the categories evenly and a smaller study can reuse the first images of a larger one. A
@@ -69,6 +78,8 @@ def benchmark_prompts(per_category: int = 16, seed: int = 0) -> list[BenchmarkPr
     """
     if per_category < 1:
         raise ValueError(f"per_category must be at least 1, got {per_category}")
+    if max_count < 2:
+        raise ValueError(f"max_count must be at least 2 (counting asks for 2 or more), got {max_count}")
     rng = np.random.default_rng(seed)
     chosen: dict[str, list[tuple[str, CaptionSpec]]] = {}
     for category in CATEGORIES:
@@ -76,7 +87,7 @@ def benchmark_prompts(per_category: int = 16, seed: int = 0) -> list[BenchmarkPr
         for _ in range(per_category * 50):
             if len(seen) >= per_category:
                 break
-            spec = _spec(category, rng)
+            spec = _spec(category, rng, max_count)
             seen.setdefault(render_caption(spec), spec)
         distinct = list(seen.items())
         chosen[category] = [distinct[j % len(distinct)] for j in range(per_category)]
@@ -127,7 +138,8 @@ def score_benchmark(
 class ShapesBenchmark(Benchmark):
     """The shapes world's benchmark as the evaluation sees it (``conf/benchmark/shapes.yaml``).
 
-    Items are :func:`benchmark_prompts` (``per_category`` prompts per category drawn with ``seed``);
+    Items are :func:`benchmark_prompts` (``per_category`` prompts per category drawn with ``seed``,
+    counts up to ``max_count``: conf/benchmark/shapes.yaml sets it to the demo world's ``MAX_OBJECTS``);
     the judge reads the alignment detector's scores (the fraction of a prompt's facts that hold) and
     returns GenEval's all-or-nothing ``accuracy`` and that fraction, ``alignment`` (NaN counted 0).
     """
@@ -140,11 +152,11 @@ class ShapesBenchmark(Benchmark):
     )
     measures_model_rewards = True
 
-    def __init__(self, per_category: int = 16, seed: int = 0) -> None:
-        self.per_category, self.seed = int(per_category), int(seed)
+    def __init__(self, per_category: int = 16, seed: int = 0, max_count: int = MAX_COUNT) -> None:
+        self.per_category, self.seed, self.max_count = int(per_category), int(seed), int(max_count)
         self._items = [
             BenchmarkItem(p.prompt, p.category, {"spec": p.spec})
-            for p in benchmark_prompts(self.per_category, self.seed)
+            for p in benchmark_prompts(self.per_category, self.seed, self.max_count)
         ]
 
     def items(self) -> list[BenchmarkItem]:
@@ -160,11 +172,16 @@ class ShapesBenchmark(Benchmark):
         return {"accuracy": all_facts_hold(alignment), "alignment": alignment.nan_to_num(0.0)}
 
     def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "per_category": self.per_category, "seed": self.seed}
+        return {
+            "name": self.name,
+            "per_category": self.per_category,
+            "seed": self.seed,
+            "max_count": self.max_count,
+        }
 
 
-def training_prompts(per_category: int = 64, seed: int = 1) -> list[str]:
+def training_prompts(per_category: int = 64, seed: int = 1, max_count: int = MAX_COUNT) -> list[str]:
     """GRPO's default prompt pool for the shapes world: distinct benchmark-style prompts drawn with
     another seed than the evaluation's (``conf/experiment/rl_shapes_step.yaml`` names this function;
     the evaluation's own prompts are removed from it by the core, read from the chosen benchmark)."""
-    return list(dict.fromkeys(p.prompt for p in benchmark_prompts(per_category, seed)))
+    return list(dict.fromkeys(p.prompt for p in benchmark_prompts(per_category, seed, max_count)))

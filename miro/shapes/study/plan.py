@@ -81,6 +81,22 @@ def export_steps(steps: int, every: int) -> list[int]:
     return points if points and points[-1] == steps else [*points, steps]
 
 
+def check_world_and_benchmark(cfg: DictConfig) -> None:
+    """The benchmark must ask only for what the training data can show: the largest count the shapes
+    benchmark asks for (conf/benchmark/shapes.yaml ``max_count``, what miro-eval uses for the study's
+    models, which record ``benchmark: shapes``) equals the world's ``data.max_objects``."""
+    from miro.eval.benchmark import benchmark_config
+
+    asked = benchmark_config("shapes").get("max_count")
+    shown = int(cfg.data.max_objects)
+    if asked is None or int(asked) != shown:
+        raise ValueError(
+            f"conf/benchmark/shapes.yaml: max_count = {asked} but the study's world shows at most "
+            f"data.max_objects = {shown} objects; set both to the same value so that the benchmark asks only "
+            "for what the training data shows"
+        )
+
+
 def _resume(run: Path) -> tuple[str, ...]:
     """A run killed before its export continues from its last checkpoint instead of starting again."""
     last = run / "checkpoints" / "last.ckpt"
@@ -103,6 +119,7 @@ class Study:
         if len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds repeat: {self.seeds}")
         self.export_steps = export_steps(int(self.cfg.train.steps), int(self.cfg.train.export_every))
+        check_world_and_benchmark(self.cfg)
 
     # -- pieces of commands --------------------------------------------------------------------------
     def _stage(

@@ -60,10 +60,18 @@ class Evaluation:
     best_of: dict[str, list[float]] = field(default_factory=dict)  # the evaluated model: reward -> curve
     baseline_best_of: dict[str, list[float]] = field(default_factory=dict)
     data_range: dict[str, tuple[float, float]] = field(default_factory=dict)
+    # the headline condition image by image (prompt order, fixed seeds): reward or judge metric -> values,
+    # so that two evaluations of the same items are compared pair by pair
+    per_image: dict[str, list[float]] = field(default_factory=dict)
+    benchmark: dict[str, Any] = field(default_factory=dict)  # the benchmark's describe() (max_count, ...)
     raw: dict[str, Any] = field(default_factory=dict, repr=False)  # for miro.eval.compare
 
     def reward(self, name: str) -> float | None:
         return self.rewards.get(name)
+
+    def images(self, name: str) -> list[float] | None:
+        """Per-image values of a reward or judge metric (``accuracy``) at the headline condition."""
+        return self.per_image.get(name)
 
     def contrast(self, name: str) -> Contrast:
         return self.contrasts.get(name) or Contrast(None, None, False)
@@ -97,6 +105,11 @@ def parse_evaluation(data: dict[str, Any], path: Path) -> Evaluation:
     curves = data.get("best_of_n") or {}
     own = next((c for k, c in curves.items() if k != BASELINE_MODEL), {})
     sampling = data.get("sampling") or {}
+    per_image: dict[str, list[float]] = {}
+    if condition is not None:
+        per_image |= (data.get("per_image") or {}).get(condition) or {}
+        per_image |= (data.get("per_image_metrics") or {}).get(condition) or {}
+    settings = data.get("settings") or {}
     return Evaluation(
         path=path,
         condition=condition,
@@ -108,6 +121,8 @@ def parse_evaluation(data: dict[str, Any], path: Path) -> Evaluation:
         best_of=dict(own),
         baseline_best_of=dict(curves.get(BASELINE_MODEL, {})),
         data_range={k: (v[0], v[1]) for k, v in (data.get("data_range") or {}).items()},
+        per_image={k: list(v) for k, v in per_image.items()},
+        benchmark=dict(settings.get("benchmark") or {}),
         raw=data,
     )
 
@@ -174,6 +189,7 @@ class Runs:
     negatives: dict[str, list[Evaluation | None]]  # variant -> seed
     grpo_before: list[Evaluation | None]
     grpo_changes: dict[str, list[Change | None]]  # variant -> seed
+    grpo_after: dict[str, list[Evaluation | None]]  # variant -> seed (paired with each other by seed)
     rollouts: Rollouts | None
     chunks: dict[str, str]  # variant -> chunk sizes of the first seed's run, "n/a" when missing
     records: list[StepRecord]
@@ -256,10 +272,12 @@ def collect(study: Study) -> Runs:
     before = [read_evaluation(lay.grpo_eval(s, None)) for s in seeds]
     optimised = str(cfg.grpo.reward)
     changes: dict[str, list[Change | None]] = {}
+    after: dict[str, list[Evaluation | None]] = {}
     for variant in cfg.grpo.variants:
-        changes[variant] = []
+        changes[variant], after[variant] = [], []
         for seed, b in zip(seeds, before, strict=True):
             a = read_evaluation(lay.grpo_eval(seed, variant))
+            after[variant].append(a)
             try:
                 changes[variant].append(grpo_change(b, a, optimised) if a and b else None)
             except CompareError as err:
@@ -278,6 +296,7 @@ def collect(study: Study) -> Runs:
         negatives=negatives,
         grpo_before=before,
         grpo_changes=changes,
+        grpo_after=after,
         rollouts=_rollouts(study),
         chunks={v: _chunks(study, v) for v in cfg.grpo.variants},
         records=records,

@@ -148,3 +148,70 @@ def single_sample_matches(single: float, best_of: Sequence[Value]) -> int:
             break
         matched = n
     return matched
+
+
+# -- pairing and power: how small a gap the study can resolve -------------------------------------------
+@dataclass(frozen=True)
+class PairedGap:
+    """Mean of image-by-image differences ``a_i - b_i`` (same prompt and noise on both sides) and its
+    standard error ``std(a_i - b_i) / sqrt(n)``; NaN when fewer than two pairs are known."""
+
+    mean: float
+    se: float
+    n: int
+
+
+def paired_gap(a: Sequence[Value], b: Sequence[Value]) -> PairedGap:
+    """The paired difference of two evaluations of the same items, image by image (pairs where either
+    side is missing or non-finite are left out). Pairing removes the variance the two sides share
+    (the prompt's difficulty, the noise), so its SE is at most the unpaired one when they correlate."""
+    if len(a) != len(b):
+        raise ValueError(f"paired values need the same items on both sides, got {len(a)} and {len(b)}")
+    d = [
+        float(x) - float(y)
+        for x, y in zip(a, b, strict=True)
+        if x is not None and y is not None and math.isfinite(float(x)) and math.isfinite(float(y))
+    ]
+    nan = float("nan")
+    if len(d) < 2:
+        return PairedGap(statistics.fmean(d) if d else nan, nan, len(d))
+    return PairedGap(statistics.fmean(d), statistics.stdev(d) / math.sqrt(len(d)), len(d))
+
+
+def mean_of_gaps_se(ses: Sequence[Value]) -> float:
+    """Standard error of the mean over seeds of independent per-seed gaps with standard errors ``ses``:
+    ``sqrt(sum se^2) / k`` (the evaluation's own noise only; the seed spread is the other part)."""
+    v = _finite(ses)
+    return math.sqrt(sum(s * s for s in v)) / len(v) if v else float("nan")
+
+
+def planned_gap_se(level: float, relative_gap: float, images: int, seeds: int) -> float:
+    """Standard error of the seed-mean accuracy gap when both sides score ``images`` images per seed,
+    the baseline at accuracy ``level`` and the other ``relative_gap`` above it, judged image by image
+    (binomial) with no correlation between the sides (the unpaired bound: pairing only lowers it):
+    ``sqrt((p0 (1 - p0) + p1 (1 - p1)) / (images * seeds))`` with ``p1 = level * (1 + relative_gap)``."""
+    if images < 1 or seeds < 1:
+        raise ValueError(f"images and seeds must be at least 1, got {images} and {seeds}")
+    p0, p1 = level, min(1.0, level * (1 + relative_gap))
+    return math.sqrt((p0 * (1 - p0) + p1 * (1 - p1)) / (images * seeds))
+
+
+def images_for_gap(level: float, relative_gap: float, seeds: int, fraction: float = 1 / 3) -> int:
+    """The fewest images per evaluation (per model and seed) for which :func:`planned_gap_se` is at
+    most ``fraction`` of the gap ``level * relative_gap`` (a third: a gap of the paper's relative size
+    then lies 3 standard errors from zero)."""
+    if not 0 < level < 1 or relative_gap <= 0 or fraction <= 0:
+        raise ValueError(
+            f"need 0 < level < 1, relative_gap > 0, fraction > 0; got {level}, {relative_gap}, {fraction}"
+        )
+    p0, p1 = level, min(1.0, level * (1 + relative_gap))
+    target = fraction * level * relative_gap
+    return math.ceil((p0 * (1 - p0) + p1 * (1 - p1)) / (seeds * target * target) - 1e-9)
+
+
+def resolution(se: float, reference_gap: float) -> float:
+    """The standard error as a fraction of a reference gap (the paper's, at our level): at most 1/3
+    means an effect of that size would stand 3 standard errors from zero; NaN when undefined."""
+    if not (math.isfinite(se) and math.isfinite(reference_gap)) or reference_gap == 0:
+        return float("nan")
+    return se / abs(reference_gap)

@@ -5,7 +5,8 @@
 Per run (``OUT/<variant>-seed<seed>``): the shape probe (named shape right, shape and colour right), the
 alignment benchmark's all-facts accuracy at alignment target 10 and 0 (others 10) with its paired
 control z, the mean alignment reward at target 10, and the training step time (median of the logged
-``train/img_s``, batch 32; the sample grids every 500 steps are not in it) with the run's wall time.
+``train/img_s``, batch 32; the sample grids every 500 steps are not in it) with the run's wall time,
+and the evaluation's seconds per generated image (self-conditioning also runs at sampling).
 Every evaluation uses the same prompts and noise, so each variant is also compared with variant ``a``
 of the same seed image by image (paired difference of the all-facts accuracy at target 10, and its z).
 """
@@ -62,6 +63,7 @@ def run_numbers(run: Path) -> dict[str, Any]:
         control = res["contrasts"]["alignment"]["accuracy"]
         out["control_diff"], out["control_z"] = control["difference"], control["z"]
         out["_per_image_top"] = res["per_image"][TOP_CONDITION]["alignment"]
+        out["eval_s_per_image"] = res["seconds"] / res["images_generated"]
     seconds = run / "train_seconds"
     if seconds.is_file():
         out["train_minutes"] = int(seconds.read_text()) / 60
@@ -100,6 +102,7 @@ def table(out_dir: Path) -> tuple[str, dict[str, Any]]:
         ("vs_a", "accuracy at 10 minus a's, same seed (paired z)", 3),
         ("step_s", "s / step (median)", 3),
         ("train_minutes", "run, min (wall)", 1),
+        ("eval_s_per_image", "evaluation s / image", 3),
     ]
     for variant, seeds in runs.items():  # paired against the same seed's baseline, image by image
         for seed, numbers in seeds.items():

@@ -19,6 +19,7 @@ PY=${PY:-.venv/bin/python}
 THREADS=${THREADS:-1}
 NICE=${NICE:-5}
 STEPS=${STEPS:-3000}
+EVAL_SEEDS=${EVAL_SEEDS:-0}   # miro-eval seeds (prompts and noise); seed 0 -> OUT/<run>/eval, N -> eval-seedN
 RUN=(env OMP_NUM_THREADS="$THREADS" nice -n "$NICE")
 if [ -n "${CPUS:-}" ]; then RUN+=(taskset -c "$CPUS"); fi
 BIN=$(dirname "$PY")
@@ -48,9 +49,12 @@ for seed in $SEEDS; do
         fi
         test -f "$dir/probe.json" || \
             "${RUN[@]}" "$PY" -m miro.shapes.probe --checkpoint "$dir/export" --out "$dir/probe.json"
-        test -f "$dir/eval/results.json" || \
-            "${RUN[@]}" "$BIN/miro-eval" --checkpoint "$dir/export" --out "$dir/eval" --threads "$THREADS" \
-                --rewards alignment --sweep-levels 0,10 --best-of 0
+        for es in $EVAL_SEEDS; do
+            ev="$dir/eval"; if [ "$es" != 0 ]; then ev="$dir/eval-seed$es"; fi
+            test -f "$ev/results.json" || \
+                "${RUN[@]}" "$BIN/miro-eval" --checkpoint "$dir/export" --out "$ev" --threads "$THREADS" \
+                    --rewards alignment --sweep-levels 0,10 --best-of 0 --seed "$es"
+        done
         echo "recipe_variants.sh: $v seed $seed done: $dir"
     done
 done

@@ -4,11 +4,12 @@
 
 Per run (``OUT/<variant>-seed<seed>``): the shape probe (named shape right, shape and colour right), the
 alignment benchmark's all-facts accuracy at alignment target 10 and 0 (others 10) with its paired
-control z, the mean alignment reward at target 10, and the training step time (median of the logged
-``train/img_s``, batch 32; the sample grids every 500 steps are not in it) with the run's wall time,
-and the evaluation's seconds per generated image (self-conditioning also runs at sampling).
-Every evaluation uses the same prompts and noise, so each variant is also compared with variant ``a``
-of the same seed image by image (paired difference of the all-facts accuracy at target 10, and its z).
+control z, over every evaluation of the run (``eval``, ``eval-seedN``: more prompts and noise), the
+mean alignment reward at target 10, the training step time (median of the logged ``train/img_s``,
+batch 32; the sample grids every 500 steps are not in it) with the run's wall time, and the
+evaluation's seconds per generated image (self-conditioning also runs at sampling). Evaluations of the
+same seed use the same prompts and noise, so each variant is also compared with variant ``a`` of the
+same training seed image by image (paired difference of the all-facts accuracy at target 10, its z).
 """
 
 from __future__ import annotations
@@ -32,6 +33,12 @@ VARIANTS = {
     "c": "captions 50/50 original/synthetic",
 }
 BATCH = 32
+LOW_CONDITION = "alignment 0, others 10"
+
+
+def _split(values: list[float], parts: int) -> list[list[float]]:
+    size = len(values) // parts
+    return [values[i * size : (i + 1) * size] for i in range(parts)]
 
 
 def _step_seconds(run: Path) -> float | None:
@@ -54,16 +61,22 @@ def run_numbers(run: Path) -> dict[str, Any]:
     if probe.is_file():
         acc = json.loads(probe.read_text())["accuracy"]
         out["probe_shape"], out["probe_shape_colour"] = acc["shape_correct"], acc["shape_and_colour"]
-    results = run / "eval" / "results.json"
-    if results.is_file():
-        res = json.loads(results.read_text())
-        points = {p["target"]: p for p in res["sweeps"]["alignment"]}
-        out["acc_top"], out["acc_low"] = points[10.0]["accuracy"], points[0.0]["accuracy"]
-        out["alignment_top"] = points[10.0]["mean"]
-        control = res["contrasts"]["alignment"]["accuracy"]
+    evals = sorted(p.parent.name for p in run.glob("eval*/results.json"))
+    if evals:
+        top, low, seconds, images = [], [], 0.0, 0
+        for name in evals:
+            res = json.loads((run / name / "results.json").read_text())
+            top += res["per_image"][TOP_CONDITION]["alignment"]
+            low += res["per_image"][LOW_CONDITION]["alignment"]
+            seconds, images = seconds + res["seconds"], images + res["images_generated"]
+        hit_top, hit_low = all_facts_hold(torch.tensor(top)), all_facts_hold(torch.tensor(low))
+        out["evals"], out["eval_images"] = evals, len(top)
+        out["acc_top"], out["acc_low"] = float(hit_top.mean()), float(hit_low.mean())
+        out["alignment_top"] = float(torch.tensor(top).nanmean())
+        control = paired_difference(hit_top, hit_low)
         out["control_diff"], out["control_z"] = control["difference"], control["z"]
-        out["_per_image_top"] = res["per_image"][TOP_CONDITION]["alignment"]
-        out["eval_s_per_image"] = res["seconds"] / res["images_generated"]
+        out["_per_image_top"] = {name: n for name, n in zip(evals, _split(top, len(evals)), strict=True)}
+        out["eval_s_per_image"] = seconds / images
     seconds = run / "train_seconds"
     if seconds.is_file():
         out["train_minutes"] = int(seconds.read_text()) / 60
@@ -108,9 +121,10 @@ def table(out_dir: Path) -> tuple[str, dict[str, Any]]:
         for seed, numbers in seeds.items():
             base = runs.get("a", {}).get(seed, {})
             if variant != "a" and "_per_image_top" in numbers and "_per_image_top" in base:
+                shared = sorted(set(numbers["_per_image_top"]) & set(base["_per_image_top"]))
                 d = paired_difference(
-                    all_facts_hold(torch.tensor(numbers["_per_image_top"])),
-                    all_facts_hold(torch.tensor(base["_per_image_top"])),
+                    all_facts_hold(torch.tensor([v for e in shared for v in numbers["_per_image_top"][e]])),
+                    all_facts_hold(torch.tensor([v for e in shared for v in base["_per_image_top"][e]])),
                 )
                 numbers["vs_a"], numbers["vs_a_z"] = d["difference"], d["z"]
     lines = [

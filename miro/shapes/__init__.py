@@ -1,9 +1,10 @@
 """The embedded shapes world: the one package of MIRO that knows circles, squares and triangles.
 
 Everything a domain brings lives here: the scene renderer and its shards (:mod:`.scenes`), the caption
-grammar (:mod:`.captions`), the detector reward that checks a caption against an image
-(:mod:`.alignment`), the GenEval-style benchmark built from the grammar (:mod:`.benchmark`), the shape
-probe (:mod:`.probe`) and ``miro-data shapes`` (:mod:`.cli`). The core packages (data, rewards, models,
-flow, lit, rl, eval, pipeline) never import it (tests/test_import_contract.py); they reach it only
-through configuration, as they would reach any other domain.
+grammar (:mod:`.captions`) and its "synthetic" second family (:mod:`.synthetic`), the detector reward
+that checks a caption against an image (:mod:`.alignment`), the GenEval-style benchmark built from the
+grammar (:mod:`.benchmark`), the shape probe (:mod:`.probe`) and ``miro-data shapes`` (:mod:`.cli`).
+The core packages (data, rewards, models, flow, lit, rl, eval, pipeline) never import it
+(tests/test_import_contract.py); they reach it only through configuration, as they would reach any
+other domain.
 """

@@ -24,6 +24,9 @@ RUN=(env OMP_NUM_THREADS="$THREADS" nice -n "$NICE")
 if [ -n "${CPUS:-}" ]; then RUN+=(taskset -c "$CPUS"); fi
 BIN=$(dirname "$PY")
 
+for v in $VARIANTS; do
+    case $v in a|b|c) ;; *) echo "recipe_variants.sh: error: unknown variant $v (a, b or c)" >&2; exit 2 ;; esac
+done
 mkdir -p "$OUT"
 "${RUN[@]}" "$BIN/miro-data" shapes --out "$OUT/shards" --n 20000 --size 24 --max-objects 2 \
     --object-size 0.3 0.5 --seed 0 --workers 1 --synthetic-captions
@@ -38,7 +41,6 @@ for seed in $SEEDS; do
             a) extra=() ;;
             b) extra=(++model.self_conditioning=true module.self_cond_rate=0.9) ;;
             c) extra=(data.synthetic_caption_prob=0.5) ;;
-            *) echo "recipe_variants.sh: error: unknown variant $v (a, b or c)" >&2; exit 2 ;;
         esac
         dir="$OUT/$v-seed$seed"
         if [ ! -f "$dir/export/config.json" ] || [ ! -f "$dir/train_seconds" ]; then

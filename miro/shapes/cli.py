@@ -46,6 +46,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="object side as a fraction of the image side",
     )
     shapes.add_argument("--min-object-px", type=float, default=d.min_object_px, help="smallest object side")
+    shapes.add_argument(
+        "--synthetic-captions", action="store_true",
+        help="also write KEY.syn.txt: a true description of the rendered scene in a second caption family "
+        "(training mixes it in with data.synthetic_caption_prob)",
+    )
     shapes.add_argument("--workers", type=int, default=1, help="processes writing shards in parallel")
     return parser
 
@@ -63,6 +68,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             max_objects=args.max_objects,
             size_range=tuple(args.object_size),
             min_object_px=args.min_object_px,
+            synthetic_captions=args.synthetic_captions,
         )
     except ValueError as err:
         print(f"miro-data: {err}", file=sys.stderr)

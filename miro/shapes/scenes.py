@@ -38,6 +38,7 @@ from miro.shapes.captions import (
     fraction_true,
     render_caption,
 )
+from miro.shapes.synthetic import describe_synthetic
 
 log = logging.getLogger(__name__)
 
@@ -371,14 +372,18 @@ def make_sample(
     per_shard: int = 1000,
     size_range: tuple[float, float] = (0.25, 0.4),
     min_object_px: float = 7.0,
+    synthetic_captions: bool = False,
 ) -> tuple[str, Image.Image, str, dict[str, Any]]:
     """Sample ``index`` of the data set made with ``seed``: (key, image, caption, img2dataset json).
 
     Scene, caption, degradation and mismatch draw from separate random streams of ``(seed, index)``,
     so changing ``degrade_prob`` or ``mismatch_prob`` leaves every scene (and true caption) unchanged.
+    With ``synthetic_captions`` the json also holds ``syn_caption``, a true description of the rendered
+    scene in the second caption family (:mod:`miro.shapes.synthetic`), drawn from a fifth stream so that
+    everything else in the sample is unchanged.
     """
-    scene_rng, caption_rng, degrade_rng, mismatch_rng = (
-        np.random.default_rng(s) for s in np.random.SeedSequence([seed, index]).spawn(4)
+    scene_rng, caption_rng, degrade_rng, mismatch_rng, synthetic_rng = (
+        np.random.default_rng(s) for s in np.random.SeedSequence([seed, index]).spawn(5)
     )
     try:
         scene = sample_scene(scene_rng, size, max_objects, size_range=size_range, min_object_px=min_object_px)
@@ -414,6 +419,8 @@ def make_sample(
             "caption_mismatch": mismatch,
         },
     }
+    if synthetic_captions:
+        meta["syn_caption"] = describe_synthetic(scene.objects, scene.background, synthetic_rng).text
     return key, image, caption, meta
 
 
@@ -430,6 +437,7 @@ class ShapesSpec:
     max_objects: int = 4
     size_range: tuple[float, float] = (0.25, 0.4)  # object side as a fraction of the image side
     min_object_px: float = 7.0
+    synthetic_captions: bool = False  # also write KEY.syn.txt (miro.shapes.synthetic)
 
     def __post_init__(self) -> None:
         if not MIN_SIZE <= self.size <= MAX_SIZE:
@@ -481,15 +489,17 @@ def write_shard(out_dir: str | Path, spec: ShapesSpec, shard: int) -> tuple[Path
                 spec.per_shard,
                 tuple(spec.size_range),
                 spec.min_object_px,
+                spec.synthetic_captions,
             )
-            writer.write(
-                {
-                    "__key__": key,
-                    "jpg": encode_jpeg(image),
-                    "txt": caption.encode("utf-8"),
-                    "json": json.dumps(meta, sort_keys=True).encode("utf-8"),
-                }
-            )
+            sample = {
+                "__key__": key,
+                "jpg": encode_jpeg(image),
+                "txt": caption.encode("utf-8"),
+                "json": json.dumps(meta, sort_keys=True).encode("utf-8"),
+            }
+            if spec.synthetic_captions:
+                sample["syn.txt"] = meta["syn_caption"].encode("utf-8")
+            writer.write(sample)
     return path, stop - start
 
 
@@ -497,7 +507,10 @@ SPEC_FILE = "spec.json"  # written last, next to the shards: the data set they h
 
 
 def _spec_json(spec: ShapesSpec) -> str:
-    return json.dumps(asdict(spec), sort_keys=True)
+    fields = asdict(spec)
+    if not spec.synthetic_captions:  # data sets made before the option keep their spec file (and resume)
+        del fields["synthetic_captions"]
+    return json.dumps(fields, sort_keys=True)
 
 
 def shapes_up_to_date(spec: ShapesSpec, out_dir: str | Path) -> bool:
@@ -553,10 +566,12 @@ def write_shapes_shards(
     workers: int = 1,
     size_range: tuple[float, float] = (0.25, 0.4),
     min_object_px: float = 7.0,
+    synthetic_captions: bool = False,
 ) -> list[Path]:
     """Write ``n`` samples as img2dataset-style shards under ``out_dir``; returns the shard paths."""
     spec = ShapesSpec(
-        n, size, seed, per_shard, degrade_prob, mismatch_prob, max_objects, tuple(size_range), min_object_px
+        n, size, seed, per_shard, degrade_prob, mismatch_prob, max_objects, tuple(size_range), min_object_px,
+        synthetic_captions,
     )
     paths = [path for path, _ in iter_write_shapes_shards(spec, out_dir, workers)]
     log.info("wrote %d shapes samples in %d shards to %s (%s)", n, len(paths), out_dir, asdict(spec))

@@ -123,6 +123,11 @@ class MiroModule(L.LightningModule):
         # Not registered as a submodule: the compiled wrapper must not add a second copy of the weights
         # to the state dict.
         object.__setattr__(self, "_forward", torch.compile(self.model) if compile else self.model)
+        # A compiled network sees caption tokens padded to the encoder's fixed length: batches whose longest
+        # caption differs would otherwise recompile for dynamic shapes, and on torch 2.13's CPU inductor the
+        # dynamic backward failed a stride assertion (bench/results/demo_avx2.md). Padding is masked out of
+        # cross-attention and the pooled caption, so the loss is the same (tested).
+        self.static_text_length = int(getattr(text_encoder, "max_length", 0) or 0) if compile else 0
 
     # ----------------------------------------------------------------------------------------------
     def encode_text(self, captions: list[str], ema: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
@@ -178,6 +183,8 @@ class MiroModule(L.LightningModule):
             tokens, mask = self.cached_text(batch["text_tokens"], batch["text_mask"], drop)
         else:
             tokens, mask = self.encode_text(captions)
+        if tokens.shape[1] < self.static_text_length:
+            tokens, mask = pad_to_length(tokens, mask, self.static_text_length)
         t = sample_timesteps(
             n, self.hp["t_mean"], self.hp["t_std"], self.hp["t_shift"], generator=generator, device=x0.device
         )

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
-from tiny_models import SAMPLING, tiny_text_encoder
+from tiny_models import SAMPLING, TINY_VAE, tiny_text_encoder
 
 from miro.cli import eval as eval_cli
 from miro.cli.rewards import MIRO_SEVEN
@@ -22,15 +22,6 @@ from miro.eval.prompt_benchmark import RewardsBenchmark
 from miro.models.dit import MiroDiT
 from miro.pretrained import read_config, save_pretrained
 from miro.rewards.base import RewardModel, register_reward
-
-TINY_VAE = dict(
-    down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
-    up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"],
-    block_out_channels=[8, 16],
-    layers_per_block=1,
-    latent_channels=4,
-    norm_num_groups=4,
-)
 
 
 @register_reward

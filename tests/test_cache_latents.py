@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tiny_models import TINY_VAE
 from transformers import AutoTokenizer, T5Config, T5EncoderModel
 
 from data_prep.cache_latents import (
@@ -39,14 +40,6 @@ from miro.models.text import HFTextEncoder, minilm_model_dir
 from miro.models.vae import LatentVAE
 
 ROOT = Path(__file__).resolve().parent.parent
-TINY_VAE = dict(
-    down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
-    up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"],
-    block_out_channels=[8, 16],
-    layers_per_block=1,
-    latent_channels=4,
-    norm_num_groups=4,
-)
 SIZE = 16  # the 24 px test images are center-cropped and resized to 16 px -> 8 x 8 latents
 
 

@@ -42,6 +42,16 @@ def tiny_model(
     return model.eval()
 
 
+# A diffusers AutoencoderKL of the SDXL VAE's architecture at a tiny size (latent tests; no download).
+TINY_VAE = dict(
+    down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
+    up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"],
+    block_out_channels=[8, 16],
+    layers_per_block=1,
+    latent_channels=4,
+    norm_num_groups=4,
+)
+
 def tiny_text_encoder(seed: int = 0) -> WordTextEncoder:
     torch.manual_seed(seed)
     return WordTextEncoder(vocabulary(), dim=16, depth=1, num_heads=2).eval()

@@ -55,7 +55,7 @@ for seed in $SEEDS; do
             ev="$dir/eval"; if [ "$es" != 0 ]; then ev="$dir/eval-seed$es"; fi
             test -f "$ev/results.json" || \
                 "${RUN[@]}" "$BIN/miro-eval" --checkpoint "$dir/export" --out "$ev" --threads "$THREADS" \
-                    --rewards alignment --sweep-levels 0,10 --best-of 0 --seed "$es"
+                    --benchmark shapes --rewards alignment --sweep-levels 0,10 --best-of 0 --seed "$es"
         done
         echo "recipe_variants.sh: $v seed $seed done: $dir"
     done

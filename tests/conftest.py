@@ -20,6 +20,19 @@ torch.set_num_threads(1)
 OFFLINE_REWARDS = ["alignment", "sharpness", "colorfulness", "compressibility"]
 
 
+@pytest.fixture(autouse=True)
+def _threads_stay_put() -> object:
+    """Each test starts and ends with one torch thread and no running ThreadGovernor: a test that resolves
+    ``threads=auto`` (a command run in-process) must not leave a governor behind that changes the thread
+    count in the middle of a later test (it did: an evaluation recorded 2 threads and ran on 1)."""
+    from miro.utils import hardware
+
+    hardware._governor = None
+    yield
+    hardware._governor = None
+    torch.set_num_threads(1)
+
+
 @pytest.fixture(scope="session")
 def scored_shapes(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """96 shapes samples at 24 px in 2 shards, scored with the offline rewards, bins fitted (8 bins).

@@ -19,6 +19,7 @@ reason are printed and stored with the run (:func:`compute_record`).
 
 from __future__ import annotations
 
+import logging
 import os
 import platform
 import time
@@ -27,6 +28,7 @@ from pathlib import Path
 
 import torch
 
+log = logging.getLogger(__name__)
 PRECISION_CHOICES = ("auto", "fp32", "bf16")
 # oneDNN ISA caps (ONEDNN_MAX_CPU_ISA) that still include native bf16 instructions.
 _ONEDNN_BF16_ISAS = {"AVX512_CORE_BF16", "AVX512_CORE_FP16", "AVX512_CORE_AMX", "AVX512_CORE_AMX_FP16",
@@ -313,10 +315,8 @@ def keep_threads_fitting() -> int | None:
         return None
     changed = _governor.poll()
     if changed is not None:
-        import logging
-
         busy = _governor.changes[-1][1]
-        logging.getLogger(__name__).info(
+        log.info(
             "threads %d (auto: %.1f of %d cores busy with other processes now)",
             changed, busy, _governor.cores,
         )

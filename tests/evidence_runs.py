@@ -26,7 +26,7 @@ OVERRIDES = [
     "measured_rewards=[alignment,colorfulness]",
     "analysis.threshold_fractions=[0.5,1.0]",
 ]
-MACHINE = {"cpu": "AMD EPYC", "cores": 2, "gpu": None, "torch": "2.13.0+cpu"}
+MACHINE = {"cpu": "AMD EPYC", "cpu_kind": "AVX2", "cores": 2, "gpu": None, "torch": "2.13.0+cpu"}
 
 
 def per_image(cond: str, values: dict[str, list[float]]) -> dict[str, Any]:
@@ -176,13 +176,14 @@ def write_runs(root: Path, *, step_log: bool = True) -> None:
     if step_log:
         records = [
             {"name": "data/bins", "study": "data", "seed": None, "returncode": 0, "seconds": 30.0,
-             "machine": MACHINE},
+             "machine": MACHINE, "finished": "2026-01-01T10:00:30+0000"},
+            # two jobs at a time: 600 + 90 s of commands in 600 s of wall time (the control ran inside)
             {"name": "seed0/train/miro", "study": "train", "seed": 0, "returncode": 0, "seconds": 600.0,
-             "machine": MACHINE},
+             "machine": MACHINE, "finished": "2026-01-01T10:10:30+0000"},
             {"name": "seed0/train/baseline", "study": "train", "seed": 0, "returncode": 1, "seconds": 5.0,
              "machine": MACHINE},
             {"name": "seed0/eval/final", "study": "control", "seed": 0, "returncode": 0, "seconds": 90.0,
-             "machine": {**MACHINE, "gpu": "NVIDIA H100"}},
+             "machine": {**MACHINE, "gpu": "NVIDIA H100"}, "finished": "2026-01-01T10:05:00+0000"},
         ]  # fmt: skip
         (root / "steps.jsonl").write_text(
             "\n".join(json.dumps(r) for r in records) + "\nnot json\n", encoding="utf-8"

@@ -10,6 +10,8 @@ import os
 import re
 import shlex
 import subprocess
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -18,7 +20,7 @@ from PIL import Image
 
 from miro.cli import eval as eval_cli
 from miro.config import compose_config
-from miro.eval.study import StudyError, eval_flags, run_steps
+from miro.eval.study import Layout, Step, StudyError, eval_flags, run_steps
 from miro.shapes.study import cli as study_cli
 from miro.shapes.study.makefile import MAKEFILE, STAGES, environment, stage
 from miro.shapes.study.plan import Study, compose_study_config, export_steps
@@ -50,7 +52,7 @@ GENERATED = "2026-01-02 03:04 UTC"
 def test_the_study_trains_the_demo_model_on_the_demo_data() -> None:
     """The study passes the sizes of conf/report.yaml to the Makefile's stages; at the CPU scale they are
     the demo's own (the Makefile's defaults), and the model and recipe are the demo's (conf/experiment/
-    shapes.yaml with no model override), trained longer than the demo (conf/report/cpu.yaml says why)."""
+    shapes.yaml with no model override), trained as long as the demo (conf/report/cpu.yaml says why)."""
     made = subprocess.run(["make", "-n", "demo"], cwd=REPO, capture_output=True, text=True, check=True)
     commands = made.stdout.replace("\\\n\t", "")  # continuation lines joined
     cfg = compose_study_config("cpu", None, None, [])
@@ -68,7 +70,9 @@ def test_the_study_trains_the_demo_model_on_the_demo_data() -> None:
     demo = compose_config("train", ["+experiment=shapes"])
     studied = compose_config("train", ["+experiment=shapes", *cfg.train.overrides])
     assert studied.model == demo.model and studied.module.lr == demo.module.lr
-    assert cfg.train.steps > demo.trainer.max_steps and demo.trainer.max_steps in Study(cfg).export_steps
+    # The final model of every seed is the demo's: make demo's length, and the demo experiment's own.
+    assert f"trainer.max_steps={cfg.train.steps} " in commands and cfg.train.steps == demo.trainer.max_steps
+    assert len(Study(cfg).export_steps) >= 5  # a curve, not two points
     gpu = compose_study_config("gpu", None, None, [])
     assert gpu.train.steps > cfg.train.steps and gpu.eval.device == "cuda" and len(gpu.seeds) >= 3
     assert len(cfg.seeds) >= 3
@@ -149,12 +153,13 @@ def test_power_of_a_paired_gap_by_hand() -> None:
     assert mean_of_gaps_se([0.25, 0.288675]) == pytest.approx(0.190941, abs=1e-6)
 
 
-def test_compared_evaluations_are_paired(tmp_path: Path) -> None:
+@pytest.mark.parametrize("scale", ["test", "cpu"])
+def test_compared_evaluations_are_paired(tmp_path: Path, scale: str) -> None:
     """Every two evaluations the report compares score the same items with the same noise: the same
     --seed, --per-category and --samples-per-prompt (MIRO and baseline at each step; every guidance
     scale and negative branch; GRPO before and every variant), and the evaluation seed is not the
-    training seed."""
-    study = Study(_cfg(tmp_path / "runs"))
+    training seed. The cpu scale evaluates the curves' last point with more images than the rest."""
+    study = Study(compose_study_config(scale, None, None, [f"runs_dir={tmp_path / 'runs'}"]))
 
     def items(step) -> tuple[str, ...]:
         args = shlex.split(step.shell().split("ARGS=", 1)[1].strip().strip('"').replace('\\"', '"'))
@@ -162,10 +167,16 @@ def test_compared_evaluations_are_paired(tmp_path: Path) -> None:
         return tuple(args[args.index(flag) + 1] for flag in wanted)
 
     for seed in study.seeds:
-        for steps in (study.convergence_steps(seed), study.guidance_steps(seed),
+        at_step = [[s for s in study.convergence_steps(seed) if s.name.endswith(f"/step{n}")]
+                   for n in study.export_steps]  # fmt: skip
+        for steps in (*at_step, study.guidance_steps(seed),
                       [s for s in study.grpo_steps(seed) if "/eval/" in s.name]):  # fmt: skip
-            assert len({items(s) for s in steps}) == 1, [s.name for s in steps]
-    assert {items(s) for seed in study.seeds for s in study.convergence_steps(seed)} == {("0", "1", "1")}
+            assert len(steps) >= 2 and len({items(s) for s in steps}) == 1, [s.name for s in steps]
+    sizes = [{items(s) for seed in study.seeds for s in steps} for steps in at_step]
+    if scale == "test":
+        assert sizes == [{("0", "1", "1")}] * len(at_step)
+    else:  # 103 prompts per category at the last step: the power of conf/report/cpu.yaml
+        assert sizes[:-1] == [{("0", "26", "2")}] * (len(at_step) - 1) and sizes[-1] == {("0", "103", "2")}
 
 
 def test_steps_to_threshold_interpolates_and_says_never() -> None:
@@ -371,6 +382,82 @@ def test_runner_skips_what_is_done_and_names_failures(tmp_path: Path) -> None:
         run_steps(steps, study.layout, 1, lambda command, log_file, env: 0)
 
 
+def _steps(*spec: tuple[str, tuple[str, ...]], root: Path) -> list[Step]:
+    """Steps named as given, each done once its file root/<name> exists."""
+    return [Step("t", name, ("cmd", name), root / name, needs=needs) for name, needs in spec]
+
+
+def test_runner_runs_jobs_at_once_each_after_what_it_needs(tmp_path: Path) -> None:
+    """With jobs=2 two independent steps run at the same time (a barrier that only two concurrent
+    commands pass), and a step starts only once the steps it needs have written their files."""
+    steps = _steps(("a", ()), ("b", ()), ("c", ("a", "b")), ("d", ("a",)), root=tmp_path)
+    barrier = threading.Barrier(2, timeout=30)
+    started: list[str] = []
+
+    def executor(command, log_file, env) -> int:  # noqa: ANN001
+        name = command[1]
+        need = next(s.needs for s in steps if s.name == name)
+        assert all((tmp_path / n).is_file() for n in need), f"{name} started before {need} were done"
+        started.append(name)
+        if name in ("a", "b"):
+            barrier.wait()  # raises BrokenBarrierError unless a and b run at once
+        (tmp_path / name).write_text("done")
+        return 0
+
+    assert run_steps(steps, Layout(tmp_path), 1, executor, jobs=2) == {"ran": 4, "skipped": 0}
+    assert set(started[:2]) == {"a", "b"} and set(started[2:]) == {"c", "d"}
+    log = [json.loads(line)["name"] for line in Layout(tmp_path).step_log.read_text().splitlines()]
+    assert sorted(log) == ["a", "b", "c", "d"]
+    # A need on a step outside the list counts as met (its study was left out of this run).
+    (tmp_path / "d").unlink()
+    assert run_steps(steps[3:], Layout(tmp_path), 1, executor, jobs=2) == {"ran": 1, "skipped": 0}
+
+
+def test_runner_with_jobs_stops_starting_steps_after_a_failure(tmp_path: Path) -> None:
+    steps = _steps(("fails", ()), ("slow", ()), ("after_fail", ("fails",)), ("later", ()), root=tmp_path)
+    started: list[str] = []
+
+    def executor(command, log_file, env) -> int:  # noqa: ANN001
+        name = command[1]
+        started.append(name)
+        if name == "fails":
+            return 5
+        time.sleep(0.2)  # still running when "fails" ends: it finishes, nothing new starts
+        (tmp_path / name).write_text("done")
+        return 0
+
+    with pytest.raises(StudyError, match="step fails failed with exit status 5"):
+        run_steps(steps, Layout(tmp_path), 1, executor, jobs=2)
+    assert started == ["fails", "slow"] and (tmp_path / "slow").is_file()
+    with pytest.raises(ValueError, match="step x needs y, which comes after it"):
+        run_steps(_steps(("x", ("y",)), ("y", ()), root=tmp_path), Layout(tmp_path), 1, executor)
+    with pytest.raises(ValueError, match="jobs must be at least 1"):
+        run_steps(steps, Layout(tmp_path), 1, executor, jobs=0)
+
+
+def test_every_model_step_needs_the_steps_that_write_its_inputs(tmp_path: Path) -> None:
+    """The needs the study declares: training after the data; each evaluation after the training (or
+    the GRPO run) that writes its checkpoint; so jobs > 1 never reads a half-written model."""
+    study = Study(_cfg(tmp_path / "runs"))
+    by_name = {step.name: step for step in study.steps()}
+    data = ("data/shapes", "data/score", "data/bins")
+    for name, step in by_name.items():
+        if step.study == "data":
+            assert step.needs == ()
+        elif name.startswith("seed0/train/"):
+            assert step.needs == data
+        elif "/grpo/" in name and "/eval/" not in name:
+            assert step.needs == ("seed0/train/miro",)
+        elif name.startswith("seed0/eval/grpo/") and not name.endswith("/before"):
+            assert step.needs == (name.replace("/eval/grpo/", "/grpo/"),)
+        elif "/convergence/baseline/" in name:
+            assert step.needs == ("seed0/train/baseline",)
+        elif name == "seed0/eval/final":
+            assert step.needs == ("seed0/train/miro", "seed0/train/baseline")
+        else:
+            assert step.needs == ("seed0/train/miro",), name
+
+
 # -- typed results -----------------------------------------------------------------------------------
 
 
@@ -490,8 +577,12 @@ def test_report_tables_hold_the_numbers(saved: Study) -> None:
     assert "a 1.2k-parameter DiT on 24 px synthetic shapes, 4 training steps, 2 rewards" in md
     assert "samples at w = 2 and guides only alignment" in md
     # The machine table sums the successful steps per machine and study.
-    assert "| AMD EPYC, 2 cores, no GPU, torch 2.13.0+cpu | train | 10.0 |" in md
-    assert "Total: 12.0 minutes over 3 steps" in md
+    assert "| AMD EPYC (AVX2), 2 cores, no GPU, torch 2.13.0+cpu | train | 10.0 |" in md
+    # 30 s of data, then the 600 s training with the 90 s evaluation inside it: 630 s of wall time.
+    assert (
+        "Total: 12.0 minutes of command time over 3 steps (1 command(s) at a time, threads per command: 1); "
+        "10.5 minutes of wall time while at least one ran." in md
+    )
     # Missing runs are named and nothing crashed.
     assert "- `seed1/eval/guidance/scale0`" in md and "- `seed0/grpo/chunk_weighted`" in md
     assert "## Where we differ from the papers" in md and "make train EXPERIMENT=shapes " in md
@@ -536,6 +627,16 @@ def test_cli_report_and_dry_run(saved: Study, capsys: pytest.CaptureFixture) -> 
     empty.write_text("the committed report")
     assert study_cli.main([*common[:4], "--out", str(empty), "runs_dir=none"]) == 2
     assert "miro-study: error: no saved runs under none" in capsys.readouterr().err
+    assert empty.read_text() == "the committed report"
+    # Running only the data (its steps are done here) leaves the committed report alone, without error.
+    data = Path("data")
+    for name in ("shards", "scored"):
+        (data / name).mkdir(parents=True)
+    (data / "bins.json").write_text("{}")
+    only_data = [*common[:4], "--out", str(empty), "--run", "--studies", "data", "runs_dir=none",
+                 f"data.dir={data}"]  # fmt: skip
+    assert study_cli.main(only_data) == 0
+    assert "No model runs under none yet, so empty.md is left as it is" in capsys.readouterr().out
     assert empty.read_text() == "the committed report"
     assert study_cli.main(["--scale", "nope"]) == 2
     assert "miro-study: error:" in capsys.readouterr().err
@@ -588,3 +689,16 @@ def test_the_smoke_scale_runs_end_to_end_through_the_makefile(
     assert re.search(r"cores, (no GPU|GPU [^|]+), torch [^|]+ \| train \| [0-9.]+ \|", md)  # machine table
     assert (runs / "data" / "shards" / "00000.tar").is_file()
     assert "--n 96 " in (runs / "logs" / "data__shapes.log").read_text()  # the study's sizes, not MAKEFLAGS'
+
+
+def test_a_killed_run_resumes_but_the_report_lists_first_run_commands(tmp_path: Path) -> None:
+    """A training killed after a checkpoint continues from it (ckpt_path=...last.ckpt), but the report's
+    "How to reproduce" lists the commands as a new user runs them, without that machine's checkpoint."""
+    study = Study(_cfg(tmp_path / "runs"))
+    last = study.layout.train_run(0, "miro") / "checkpoints" / "last.ckpt"
+    last.parent.mkdir(parents=True)
+    last.write_bytes(b"")
+    train = next(s for s in study.steps() if s.name == "seed0/train/miro")
+    assert f"ckpt_path={last}" in train.shell()
+    md = write_results_report(study, tmp_path / "r.md")["markdown"].read_text()
+    assert "make train EXPERIMENT=shapes " in md and "ckpt_path=" not in md

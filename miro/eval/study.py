@@ -14,8 +14,10 @@ import logging
 import os
 import shlex
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +42,8 @@ class Step:
     ``produces`` is what the command itself must leave behind (checked after it ran; default: ``output``):
     stages that share one done-marker each write their own directory. ``shown`` is the command as a
     reader should type it into a shell (default: ``command`` with its interpreter shown as ``python``).
+    ``needs`` names the earlier steps whose output the command reads: with several jobs at a time a step
+    starts only once those are done (one job at a time runs the list in order, which satisfies them).
     """
 
     study: str
@@ -49,6 +53,7 @@ class Step:
     seed: int | None = None
     produces: Path | None = None
     shown: str | None = None
+    needs: tuple[str, ...] = ()
 
     def done(self) -> bool:
         return self.output.is_file()
@@ -115,6 +120,18 @@ def subprocess_executor(command: Sequence[str], log_file: Path, env: Mapping[str
         return subprocess.run(list(command), stdout=out, stderr=subprocess.STDOUT, env=dict(env)).returncode
 
 
+def check_needs(steps: Sequence[Step]) -> None:
+    """No step needs a later step of the list (running the list in order must always be a valid order).
+    A need that names no step of the list is taken as met: that study was left out of this run."""
+    names = {step.name for step in steps}
+    seen: set[str] = set()
+    for step in steps:
+        later = [need for need in step.needs if need in names and need not in seen]
+        if later:
+            raise ValueError(f"step {step.name} needs {', '.join(later)}, which comes after it")
+        seen.add(step.name)
+
+
 def run_steps(
     steps: Sequence[Step],
     layout: Layout,
@@ -122,24 +139,30 @@ def run_steps(
     executor: Executor = subprocess_executor,
     progress: Callable[[Step, str], None] | None = None,
     environ: Mapping[str, str] | None = None,
+    jobs: int = 1,
 ) -> dict[str, int]:
-    """Run the steps that are not done, in order; stop at the first failure (StudyError).
+    """Run the steps that are not done; stop at the first failure (StudyError).
 
-    Every command gets ``environ`` (default: this process's environment) with ``OMP_NUM_THREADS`` set
-    to ``threads``. Every finished step appends its command, seconds, exit status and machine to
-    ``steps.jsonl`` under the study's root. Returns how many steps were run and skipped.
+    ``jobs`` commands run at a time, each step as soon as the steps it ``needs`` are done (those not in
+    ``steps`` count as done), earlier steps of the list first (``jobs=1``: strictly in order). After a
+    failure no new step starts; the running ones finish. Every command gets ``environ`` (default: this
+    process's environment) with ``OMP_NUM_THREADS`` set to ``threads``; on a machine of C cores
+    ``jobs x threads`` should not exceed C. Every finished step appends its command, seconds, end time,
+    exit status and machine to ``steps.jsonl`` under the study's root. Returns how many steps were run
+    and skipped.
     """
+    if jobs < 1:
+        raise ValueError(f"jobs must be at least 1, got {jobs}")
+    check_needs(steps)
     env = {**(os.environ if environ is None else environ), "OMP_NUM_THREADS": str(threads)}
     host = machine()
     counts = {"ran": 0, "skipped": 0}
-    for step in steps:
-        if step.done():
-            counts["skipped"] += 1
-            if progress:
-                progress(step, "done")
-            continue
+    lock = threading.Lock()  # the step log, the counts and the progress lines are shared by the jobs
+
+    def run_one(step: Step) -> None:
         if progress:
-            progress(step, "running")
+            with lock:
+                progress(step, "running")
         log_file = layout.log_file(step)
         start = time.perf_counter()
         code = executor(step.command, log_file, env)
@@ -153,15 +176,53 @@ def run_steps(
             "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "machine": host,
         }
-        layout.root.mkdir(parents=True, exist_ok=True)
-        with layout.step_log.open("a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
+        with lock:
+            layout.root.mkdir(parents=True, exist_ok=True)
+            with layout.step_log.open("a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
         if code != 0:
             raise StudyError(f"step {step.name} failed with exit status {code}; its output: {log_file}")
         if not step.produced():
             made = step.produces or step.output
             raise StudyError(f"step {step.name} exited 0 but did not write {made}; see {log_file}")
-        counts["ran"] += 1
+        with lock:
+            counts["ran"] += 1
+
+    finished = {need for step in steps for need in step.needs} - {step.name for step in steps}
+    pending: list[Step] = []
+    for step in steps:
+        if step.done():
+            counts["skipped"] += 1
+            finished.add(step.name)
+            if progress:
+                progress(step, "done")
+        else:
+            pending.append(step)
+    failure: BaseException | None = None
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        running: dict[Future[None], Step] = {}
+        while pending or running:
+            if failure is None:
+                for step in list(pending):
+                    if len(running) >= jobs:
+                        break
+                    if all(need in finished for need in step.needs):
+                        pending.remove(step)
+                        running[pool.submit(run_one, step)] = step
+            if not running:
+                if failure is None and pending:  # check_needs rules this out; never end silently
+                    raise StudyError(f"steps {', '.join(s.name for s in pending)} wait for steps never run")
+                break
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                step = running.pop(future)
+                err = future.exception()
+                if err is None:
+                    finished.add(step.name)
+                elif failure is None:
+                    failure = err
+    if failure is not None:
+        raise failure
     return counts
 
 

@@ -55,11 +55,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             check_makefile()
             position = {step.name: f"[{i}/{len(steps)}]" for i, step in enumerate(steps, start=1)}
             run_steps(
-                steps, study.layout, int(cfg.threads), environ=environment(),
+                steps, study.layout, int(cfg.threads), environ=environment(), jobs=int(cfg.jobs),
                 progress=lambda step, state: print(position[step.name], state, step.name, flush=True),
             )  # fmt: skip
-        elif not any(step.done() for step in steps if step.study != "data"):
+        if not any(step.done() for step in study.steps() if step.study != "data"):
             # An empty report would replace a committed one (docs/results.md) in a fresh clone.
+            if args.run:  # only the data was asked for: nothing to report yet, and that is no error
+                print(f"No model runs under {study.layout.root} yet, so {cfg.out} is left as it is.")
+                return 0
             print(
                 f"{PROG}: error: no saved runs under {study.layout.root}, so nothing to report and {cfg.out} "
                 "is left as it is; --run (make report REPORT_RUN=1) runs the study first",

@@ -97,18 +97,13 @@ def check_world_and_benchmark(cfg: DictConfig) -> None:
         )
 
 
-def _resume(run: Path) -> tuple[str, ...]:
-    """A run killed before its export continues from its last checkpoint instead of starting again."""
-    last = run / "checkpoints" / "last.ckpt"
-    return (f"ckpt_path={last}",) if last.is_file() else ()
-
-
 @dataclass
 class Study:
     """The steps of the study described by a composed ``conf/report.yaml``."""
 
     cfg: DictConfig
     python: str = field(default="")
+    resume: bool = True  # a killed run continues from its last checkpoint (False: the commands as first run)
 
     def __post_init__(self) -> None:
         self.python = self.python or self.cfg.get("python") or sys.executable
@@ -122,18 +117,24 @@ class Study:
         check_world_and_benchmark(self.cfg)
 
     # -- pieces of commands --------------------------------------------------------------------------
+    def _resume(self, run: Path) -> tuple[str, ...]:
+        """A run killed before its export continues from its last checkpoint instead of starting again."""
+        last = run / "checkpoints" / "last.ckpt"
+        return (f"ckpt_path={last}",) if self.resume and last.is_file() else ()
+
     def _stage(
         self, study: str, name: str, target: str, variables: dict[str, Any], args: Sequence[Any],
-        output: Path, seed: int | None = None, produces: Path | None = None,
+        output: Path, seed: int | None = None, produces: Path | None = None, needs: Sequence[str] = (),
     ) -> Step:  # fmt: skip
         command, shown = stage(target, variables, args, python=self.python)
-        return Step(study, name, command, output, seed, produces, shown)
+        return Step(study, name, command, output, seed, produces, shown, tuple(needs))
 
     def _eval(
         self, study: str, name: str, seed: int, checkpoint: Path, out: Path, profile: str, *extra: str,
-        baseline: Path | None = None,
+        baseline: Path | None = None, needs: Sequence[str] = (),
     ) -> Step:  # fmt: skip
-        """``make eval`` of ``checkpoint`` into ``out`` with the settings of ``eval.<profile>``."""
+        """``make eval`` of ``checkpoint`` into ``out`` with the settings of ``eval.<profile>``, once the
+        steps ``needs`` (those that write ``checkpoint``) are done."""
         e = self.cfg.eval
         settings = OmegaConf.to_container(e[profile], resolve=True)
         args = [
@@ -143,10 +144,21 @@ class Study:
         if baseline is not None:
             args += ["--baseline", baseline]
         variables = {"CHECKPOINT": checkpoint, "EVAL_DIR": out}
-        return self._stage(study, name, "eval", variables, [*args, *extra], out / "results.json", seed)
+        output = out / "results.json"
+        return self._stage(study, name, "eval", variables, [*args, *extra], output, seed, needs=needs)
 
     def miro_export(self, seed: int) -> Path:
         return self.layout.export(seed, "miro")
+
+    @staticmethod
+    def train_name(seed: int, role: str) -> str:
+        return f"seed{seed}/train/{role}"
+
+    def convergence_profile(self, step: int) -> str:
+        """``eval.convergence`` along training; ``eval.convergence_last`` (when the scale gives one) at the
+        last step, where MIRO and the baseline are compared at full power."""
+        last = step == self.export_steps[-1] and self.cfg.eval.get("convergence_last") is not None
+        return "convergence_last" if last else "convergence"
 
     def _checkpoint(self, seed: int, role: str, step: int) -> Path:
         every = int(self.cfg.train.export_every)
@@ -201,11 +213,14 @@ class Study:
                 f"seed={seed}",
                 f"++callbacks.export.every_n_steps={t.export_every}",
                 *t.overrides,
-                *_resume(run),
+                *self._resume(run),
             ]
             output = self.layout.export(seed, role) / "config.json"
             steps.append(
-                self._stage("train", f"seed{seed}/train/{role}", "train", variables, args, output, seed)
+                self._stage(
+                    "train", self.train_name(seed, role), "train", variables, args, output, seed,
+                    needs=[step.name for step in self.data_steps()],
+                )  # fmt: skip
             )
         return steps
 
@@ -217,7 +232,8 @@ class Study:
                 seed,
                 self._checkpoint(seed, role, n),
                 self.layout.convergence_eval(seed, role, n),
-                "convergence",
+                self.convergence_profile(n),
+                needs=[self.train_name(seed, role)],
             )  # fmt: skip
             for role in ROLES
             for n in self.export_steps
@@ -234,6 +250,7 @@ class Study:
                 self.layout.final_eval(seed),
                 "final",
                 baseline=self.layout.export(seed, "baseline"),
+                needs=[self.train_name(seed, role) for role in ROLES],
             )  # fmt: skip
         ]
 
@@ -252,6 +269,7 @@ class Study:
                     "guidance",
                     "--guidance",
                     f"{w:g}",
+                    needs=[self.train_name(seed, "miro")],
                 )  # fmt: skip
             )
         for variant, flags in g.negatives.items():
@@ -265,6 +283,7 @@ class Study:
                     self.layout.negative_eval(seed, variant),
                     "guidance",
                     *extra,
+                    needs=[self.train_name(seed, "miro")],
                 )  # fmt: skip
             )
         return steps
@@ -272,8 +291,12 @@ class Study:
     def grpo_steps(self, seed: int) -> list[Step]:
         g = self.cfg.grpo
         before = self.layout.grpo_eval(seed, None)
+        trained = [self.train_name(seed, "miro")]
         steps = [
-            self._eval("grpo", f"seed{seed}/eval/grpo/before", seed, self.miro_export(seed), before, "grpo")
+            self._eval(
+                "grpo", f"seed{seed}/eval/grpo/before", seed, self.miro_export(seed), before, "grpo",
+                needs=trained,
+            )  # fmt: skip
         ]
         for variant, spec in g.variants.items():
             run = self.layout.grpo_run(seed, variant)
@@ -286,7 +309,7 @@ class Study:
                 f"iterations={g.iterations}",
                 *g.overrides,
                 *spec.overrides,
-                *_resume(run),
+                *self._resume(run),
             ]
             steps.append(
                 self._stage(
@@ -297,6 +320,7 @@ class Study:
                     args,
                     run / "export" / "config.json",
                     seed,
+                    needs=trained,
                 )  # fmt: skip
             )
             steps.append(
@@ -307,6 +331,7 @@ class Study:
                     run / "export",
                     self.layout.grpo_eval(seed, variant),
                     "grpo",
+                    needs=[f"seed{seed}/grpo/{variant}"],
                 )  # fmt: skip
             )
         return steps

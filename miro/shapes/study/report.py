@@ -15,15 +15,17 @@ import json
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+
+from omegaconf import DictConfig
 
 from miro.config import CONF_DIR
 from miro.data.shards import write_bytes_atomic
 from miro.eval.study import Step
 from miro.shapes.study import plots
 from miro.shapes.study.plan import ROLES, Study, compose_study_config
-from miro.shapes.study.results import OVERALL, Change, Evaluation, Runs, collect
+from miro.shapes.study.results import OVERALL, Change, Evaluation, Runs, collect, wall_seconds
 from miro.shapes.study.stats import (
     Spread,
     across_seeds,
@@ -273,11 +275,16 @@ class Report:
             role: {m: [[get(e) for e in per_seed] for per_seed in res[role]] for m, get in metrics.items()}
             for role in ROLES
         }
-        conv = self.cfg.eval.convergence
+        conv, last = self.cfg.eval.convergence, self._last_profile()
+        sizes = f"{conv.per_category} benchmark prompts per category x {conv.samples_per_prompt} images"
+        if last is not conv:
+            sizes += (
+                f" ({last.per_category} x {last.samples_per_prompt} at the last step, where the two models "
+                "are compared)"
+            )  # fmt: skip
         sec.lines += [
             f"Both runs train {self.cfg.train.steps} steps on the same data with the same seeds; the "
-            f"exports (EMA weights) at steps {', '.join(map(str, steps))} are evaluated on "
-            f"{conv.per_category} benchmark prompts per category x {conv.samples_per_prompt} images. MIRO "
+            f"exports (EMA weights) at steps {', '.join(map(str, steps))} are evaluated on {sizes}. MIRO "
             "is sampled with every reward target at 10; the baseline has no reward input. Cells: mean ± std "
             "over seeds.",
             "",
@@ -365,8 +372,8 @@ class Report:
         """One evaluation's sampling error, so that a reader does not read a crossing of two curves
         closer than that as a result."""
         final = across_seeds([c[-1] for c in miro_accuracy])
-        conv = self.cfg.eval.convergence
-        images = conv.per_category * conv.samples_per_prompt * n_categories
+        last = self._last_profile()
+        images = last.per_category * last.samples_per_prompt * n_categories
         if final.n == 0 or images == 0:
             return []
         se = binomial_se(final.mean, images)
@@ -779,6 +786,11 @@ class Report:
             sec.verdicts.setdefault("grpo", f"{variant} − step: {short(d)}, {verdict}")
         return [*lines, ""]
 
+    def _last_profile(self) -> DictConfig:
+        """The evaluation settings of the convergence curves' last point (plan.Study.convergence_profile)."""
+        e = self.cfg.eval
+        return e.convergence_last if e.get("convergence_last") is not None else e.convergence
+
     # -- power: the resolution of every comparison, planned from the study's sizes ----------------------
     def resolution(self) -> list[str]:
         """The standard error each evaluation profile can reach on an accuracy gap, against the paper's
@@ -788,7 +800,8 @@ class Report:
         gap = level * self.relative
         need = images_for_gap(level, self.relative, seeds, self.fraction)
         rows = []
-        for profile in ("convergence", "final", "guidance", "grpo"):
+        profiles = ["convergence", "convergence_last", "final", "guidance", "grpo"]
+        for profile in [p for p in profiles if self.cfg.eval.get(p) is not None]:
             e = self.cfg.eval[profile]
             images = int(a.categories) * int(e.per_category) * int(e.samples_per_prompt)
             se = planned_gap_se(level, self.relative, images, seeds)
@@ -950,12 +963,15 @@ class Report:
             for m, studies in minutes.items()
             for study, seconds in studies.items()
         ]
-        total = sum(r.seconds for r in records)
+        total, wall = sum(r.seconds for r in records), wall_seconds(records)
+        jobs = int(self.cfg.get("jobs", 1))
         return [
             *lines,
             *table(["machine", "study", "minutes"], rows),
-            f"Total: {total / 60:.1f} minutes over {len(records)} steps (threads per command: "
-            f"{self.cfg.threads}).",
+            f"Total: {total / 60:.1f} minutes of command time over {len(records)} steps ({jobs} command(s) "
+            f"at a time, threads per command: {self.cfg.threads})"
+            + (f"; {wall / 60:.1f} minutes of wall time while at least one ran." if wall is not None
+               else "."),
             "",
         ]
 
@@ -1003,6 +1019,7 @@ class Report:
     def build(self, generated: str | None = None) -> tuple[str, dict[str, Figure]]:
         """The Markdown and its figures by file name; ``generated``: the time shown (default: now)."""
         steps = self.study.steps()
+        first_run = replace(self.study, resume=False).steps()  # listed as a new user would run them
         sections = [self.convergence(), self.control(), self.best_of_n(), self.guidance(), self.grpo()]
         verdicts = {k: v for s in sections for k, v in s.verdicts.items()}
         present = sum(s.done() for s in steps if s.study != "data")
@@ -1037,7 +1054,7 @@ class Report:
             *(line for s in sections for line in s.lines),
             *self.differences(verdicts),
             *self.machine(),
-            *self.commands(steps),
+            *self.commands(first_run),
             *self.missing(steps),
         ]
         figures = {name: draw for s in sections for name, draw in s.plots.items()}

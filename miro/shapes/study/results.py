@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -176,7 +178,13 @@ class StepRecord:
 
     study: str
     seconds: float
-    machine: str  # "CPU kind, N cores, GPU or none, torch version"
+    machine: str  # "CPU (its kind), N cores, GPU or none, torch version"
+    finished: float | None = None  # when it ended (Unix time); None in logs that did not record it
+
+    @property
+    def span(self) -> tuple[float, float] | None:
+        """(start, end) in Unix time, for the wall time of commands that ran at the same time."""
+        return None if self.finished is None else (self.finished - self.seconds, self.finished)
 
 
 @dataclass
@@ -198,11 +206,34 @@ class Runs:
 
 
 def _machine(m: dict[str, Any]) -> str:
+    kind = f" ({m['cpu_kind']})" if m.get("cpu_kind") else ""
     return (
-        f"{m.get('cpu', 'unknown CPU')}, {m.get('cores', '?')} cores"
+        f"{m.get('cpu', 'unknown CPU')}{kind}, {m.get('cores', '?')} cores"
         + (f", GPU {m['gpu']}" if m.get("gpu") else ", no GPU")
         + f", torch {m.get('torch', '?')}"
     )
+
+
+def _unix_time(stamp: Any) -> float | None:
+    """steps.jsonl's ``finished`` ("2026-12-06T09:40:28+0000") as Unix time; None when absent or bad."""
+    try:
+        return datetime.strptime(str(stamp), "%Y-%m-%dT%H:%M:%S%z").timestamp()
+    except ValueError:
+        return None
+
+
+def wall_seconds(records: Sequence[StepRecord]) -> float | None:
+    """Seconds during which at least one command ran (the union of their spans: several jobs at a time
+    overlap, and a study resumed days later has gaps that are not its cost); None without spans."""
+    spans = sorted(r.span for r in records if r.span is not None)
+    if not spans:
+        return None
+    total, (start, end) = 0.0, spans[0]
+    for s0, s1 in spans[1:]:
+        if s0 > end:
+            total, start = total + end - start, s0
+        end = max(end, s1)
+    return total + end - start
 
 
 def _rollouts(study: Study) -> Rollouts | None:
@@ -284,7 +315,10 @@ def collect(study: Study) -> Runs:
                 log.warning("GRPO %s seed %d: %s", variant, seed, err)
                 changes[variant].append(None)
     records = [
-        StepRecord(str(r.get("study", "?")), float(r.get("seconds", 0.0)), _machine(r.get("machine", {})))
+        StepRecord(
+            str(r.get("study", "?")), float(r.get("seconds", 0.0)), _machine(r.get("machine", {})),
+            _unix_time(r.get("finished")),
+        )  # fmt: skip
         for r in read_step_log(lay)
         if r.get("returncode") == 0
     ]

@@ -4,15 +4,17 @@ Markdown is pinned byte for byte (tests/golden/evidence_report.md)."""
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
 import re
 import shlex
 import subprocess
+import tarfile
 import threading
 import time
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import pytest
 from evidence_runs import OVERRIDES, write_runs
@@ -22,6 +24,7 @@ from miro.cli import eval as eval_cli
 from miro.config import compose_config
 from miro.eval.study import Layout, Step, StudyError, eval_flags, run_steps
 from miro.shapes.study import cli as study_cli
+from miro.shapes.study.archive import PACKED_NAMES, ArchiveError, unpack
 from miro.shapes.study.makefile import MAKEFILE, STAGES, environment, stage
 from miro.shapes.study.plan import Study, compose_study_config, export_steps
 from miro.shapes.study.report import write_results_report
@@ -702,3 +705,58 @@ def test_a_killed_run_resumes_but_the_report_lists_first_run_commands(tmp_path: 
     assert f"ckpt_path={last}" in train.shell()
     md = write_results_report(study, tmp_path / "r.md")["markdown"].read_text()
     assert "make train EXPERIMENT=shapes " in md and "ckpt_path=" not in md
+
+
+def test_packed_runs_regenerate_the_same_report_in_a_fresh_clone(saved: Study, capsys) -> None:  # noqa: ANN001
+    """make report ARGS=--pack packs only what the report read (no weights, logs or checkpoints); where
+    the runs directory is empty (a fresh clone) make report unpacks the archive and writes the same
+    report, the parameter count included (from the manifest: the weights are not packed)."""
+    archive = "packed/runs.tar.gz"
+    common = ["--scale", "test", "--seeds", "0,1", *OVERRIDES[:1], *OVERRIDES[2:], f"archive={archive}"]
+    assert study_cli.main([*common, "--out", "measured/results.md", "--pack"]) == 0
+    assert f"Saved runs packed (commit it beside the report): {archive}" in capsys.readouterr().out
+    with tarfile.open(archive) as tar:
+        names = tar.getnames()
+    assert "pack.json" in names and "seed0/eval/final/results.json" in names and "steps.jsonl" in names
+    assert {PurePosixPath(n).name for n in names} <= PACKED_NAMES and len(names) > 30
+    assert not any(n.endswith((".safetensors", ".ckpt", ".log")) for n in names)
+    Path("runs").rename("runs_measured")  # a fresh clone: no runs, the committed archive
+    assert study_cli.main([*common, "--out", "fresh/results.md"]) == 0
+    assert f"from {archive} into runs" in capsys.readouterr().out
+
+    def body(path: str) -> list[str]:
+        return [line for line in Path(path).read_text().splitlines() if not line.startswith("Generated ")]
+
+    assert body("fresh/results.md") == body("measured/results.md")
+    assert "1.2k-parameter DiT" in Path("fresh/results.md").read_text()
+    with pytest.raises(ArchiveError, match="already holds runs"):
+        unpack(archive, "runs")
+
+
+@pytest.mark.parametrize(
+    ("name", "kind", "message"),
+    [
+        ("../outside/results.json", tarfile.REGTYPE, "is not a packed run file"),
+        ("seed0/model.py", tarfile.REGTYPE, "is not a packed run file"),
+        ("seed0/results.json", tarfile.SYMTYPE, "is not a packed run file"),
+    ],
+)
+def test_an_archive_that_is_not_packed_runs_writes_nothing(
+    tmp_path: Path, name: str, kind: bytes, message: str
+) -> None:
+    archive = tmp_path / "bad.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        for member, data in (("pack.json", b"{}"), (name, b"{}")):
+            info = tarfile.TarInfo(member)
+            info.size = len(data)
+            if member == name:
+                info.type = kind
+                info.linkname = "/etc/passwd" if kind == tarfile.SYMTYPE else ""
+                info.size = 0 if kind == tarfile.SYMTYPE else len(data)
+            tar.addfile(info, io.BytesIO(data) if info.size else None)
+    with pytest.raises(ArchiveError, match=message):
+        unpack(archive, tmp_path / "runs")
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "outside").exists()
+    (tmp_path / "broken.tar.gz").write_bytes(b"not gzip")
+    with pytest.raises(ArchiveError, match="cannot read it as the study's packed runs"):
+        unpack(tmp_path / "broken.tar.gz", tmp_path / "runs")

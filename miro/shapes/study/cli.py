@@ -10,10 +10,12 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from hydra.errors import HydraException
 
 from miro.eval.study import StudyError, run_steps
+from miro.shapes.study.archive import ArchiveError, pack, unpack
 from miro.shapes.study.makefile import check_makefile, environment
 from miro.shapes.study.plan import STUDIES, Study, compose_study_config
 from miro.shapes.study.report import write_results_report
@@ -34,6 +36,10 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"with --run: only these, comma-separated ({', '.join(STUDIES)}; default: all)",
     )  # fmt: skip
     p.add_argument("--out", default=None, help="the report (default: the scale's, e.g. docs/results.md)")
+    p.add_argument(
+        "--pack", action="store_true",
+        help="also pack the files the report read into the scale's archive (docs/results/runs-cpu.tar.gz)",
+    )  # fmt: skip
     p.add_argument("overrides", nargs="*", help="Hydra overrides of conf/report.yaml, e.g. train.steps=1000")
     return p
 
@@ -58,7 +64,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 steps, study.layout, int(cfg.threads), environ=environment(), jobs=int(cfg.jobs),
                 progress=lambda step, state: print(position[step.name], state, step.name, flush=True),
             )  # fmt: skip
-        if not any(step.done() for step in study.steps() if step.study != "data"):
+        archive = Path(cfg.archive) if cfg.get("archive") else None
+        present = any(step.done() for step in study.steps() if step.study != "data")
+        if not present and not args.run and archive is not None and archive.is_file():
+            # A fresh clone: the committed archive holds the measured runs the committed report came from.
+            count = unpack(archive, study.layout.root)
+            print(f"Unpacked {count} files of saved runs from {archive} into {study.layout.root}")
+            present = any(step.done() for step in study.steps() if step.study != "data")
+        if not present:
             # An empty report would replace a committed one (docs/results.md) in a fresh clone.
             if args.run:  # only the data was asked for: nothing to report yet, and that is no error
                 print(f"No model runs under {study.layout.root} yet, so {cfg.out} is left as it is.")
@@ -70,13 +83,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             return 2
         paths = write_results_report(study, cfg.out)
+        if args.pack:
+            if archive is None:
+                raise ArchiveError(f"--pack: the {cfg.scale} scale names no archive (archive: in its conf)")
+            paths["archive"] = pack(study, archive)
     except (StudyError, ValueError, HydraException) as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return 2
     print(f"Report: {paths['markdown']}")
     for name, path in paths.items():
-        if name != "markdown":
+        if name not in ("markdown", "archive"):
             print(f"Plot: {path}")
+    if "archive" in paths:
+        print(f"Saved runs packed (commit it beside the report): {paths['archive']}")
     return 0
 
 

@@ -25,6 +25,7 @@ from miro.eval.study import read_step_log
 from miro.shapes.study.plan import ROLES, Study
 
 log = logging.getLogger(__name__)
+MANIFEST = "pack.json"  # the manifest of a packed archive of the runs (miro.shapes.study.archive)
 OVERALL = "overall"
 BASELINE_MODEL = "baseline"  # miro-eval's name for the --baseline model's best-of-N curves
 
@@ -278,6 +279,16 @@ def count_parameters(export: Path) -> int | None:
         return None
 
 
+def packed_parameters(root: Path) -> int | None:
+    """The DiT's parameter count that ``make report ARGS=--pack`` recorded in the archive's manifest
+    (runs unpacked from an archive have no weights to count); None when the runs were not unpacked."""
+    path = root / MANIFEST
+    if not path.is_file():
+        return None
+    value = json.loads(path.read_text(encoding="utf-8")).get("parameters")
+    return value if isinstance(value, int) else None
+
+
 def _sampling(export: Path) -> dict[str, Any]:
     path = export / "config.json"
     if not path.is_file():
@@ -334,6 +345,6 @@ def collect(study: Study) -> Runs:
         rollouts=_rollouts(study),
         chunks={v: _chunks(study, v) for v in cfg.grpo.variants},
         records=records,
-        parameters=count_parameters(export),
+        parameters=count_parameters(export) or packed_parameters(lay.root),
         sampling=_sampling(export),
     )

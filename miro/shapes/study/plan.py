@@ -3,8 +3,9 @@
 A study is built from a composed ``conf/report.yaml``: the shapes data (``make data score-shards
 fit-bins``), then for every training seed the two trainings (``make train``), their evaluations along
 training, the final model's control/best-of-N/guidance evaluations (``make eval``), GRPO variants
-(``make grpo-train``) and their evaluations. Each step names the one file its command writes last; the
-runner (:func:`miro.eval.study.run_steps`) skips a step whose file exists, so a killed study resumes.
+(``make grpo-train``) and their evaluations. Each step names the one file its command writes last and
+the steps whose output it reads; the runner (:func:`miro.eval.study.run_steps`) skips a step whose file
+exists, so a killed study resumes, and with ``jobs`` > 1 starts a step once those it needs are done.
 
 The layout under ``runs_dir`` (one directory per seed) is defined here only; the report reads it
 through :class:`EvidenceLayout`.

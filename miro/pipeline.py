@@ -267,6 +267,28 @@ def resolve_request(
     }
 
 
+def check_exported_request(
+    checkpoint: str | Path,
+    config: Mapping[str, Any],
+    rewards: Mapping[str, float] | str | None = None,
+    negative_rewards: Mapping[str, float] | str | None = None,
+    **options: Any,
+) -> None:
+    """A command's request checked against an export's config.json before its weights load (minutes at
+    scale), by the same :func:`resolve_request` that sampling calls, so the early check and the sampler
+    cannot disagree. A bad request is a RewardSpecError; bad sampling defaults in config.json are the
+    model directory's fault (CheckpointError naming it)."""
+    from miro.pretrained import CheckpointError
+
+    names, sampling = [str(n) for n in config["reward_names"]], config.get("sampling") or {}
+    try:
+        resolve_request(names, sampling, {}, rewards, negative_rewards, **options)
+    except RewardSpecError:
+        raise
+    except (TypeError, ValueError) as err:  # the command line was checked by the caller: the defaults
+        raise CheckpointError(f"{checkpoint}: config.json 'sampling': {err}") from None
+
+
 def request_values(
     reward_names: Sequence[str], used: Mapping[str, Any]
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:

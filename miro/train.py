@@ -47,7 +47,8 @@ def build(cfg: DictConfig) -> tuple[L.LightningModule, L.LightningDataModule, L.
     )
     # Always there, whatever the callbacks group says: a SIGTERM'd run must leave a resumable checkpoint.
     sigterm = CheckpointOnSigterm(Path(cfg.paths.output_dir) / "checkpoints")
-    callbacks = [*instantiate_group(cfg, "callbacks"), sigterm, KeepThreadsFitting()]
+    compute = Path(cfg.paths.output_dir) / "compute.json"
+    callbacks = [*instantiate_group(cfg, "callbacks"), sigterm, KeepThreadsFitting(compute)]
     loggers = instantiate_group(cfg, "logger")
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     return module, datamodule, trainer

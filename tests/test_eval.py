@@ -383,3 +383,27 @@ def test_bad_negative_rewards_are_one_line(checkpoint: Path, tmp_path: Path, cap
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "needs a model with reward conditioning" in err
     assert not (tmp_path / "e").exists()
+
+
+def test_a_bad_sampling_request_fails_before_the_model_loads(
+    checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """miro-eval checks targets, push and the negative branch with the resolver sampling uses
+    (miro.pipeline.resolve_request), on config.json alone: one line, no model loaded, nothing written."""
+
+    def no_load(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        raise AssertionError("the model was loaded before the request was checked")
+
+    monkeypatch.setattr(MiroPipeline, "from_pretrained", no_load)
+    out = ["--checkpoint", str(checkpoint), "--out", str(tmp_path / "e")]
+    cases = {
+        ("--push", "nope"): "unknown reward 'nope'",
+        ("--push", "sharpness", "--negative-rewards", ""): "give either push or negative rewards, not both",
+        ("--targets", "sharpness=11"): "sharpness",
+        ("--targets", "nope=3"): "unknown reward 'nope'",
+    }
+    for flags, message in cases.items():
+        assert main([*out, *flags]) == 2, flags
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and message in err, (flags, err)
+    assert not (tmp_path / "e").exists()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -165,7 +166,34 @@ def test_thread_governor_follows_other_jobs_down_and_up(monkeypatch: pytest.Monk
     m.others = 0.0  # the other job ends
     m.advance(6)
     assert gov.poll() == 2 and m.set_to == [1, 2]
-    assert [threads for threads, _ in gov.changes] == [1, 2]
+    assert [(c.threads, c.others_busy_cores) for c in gov.changes] == [(1, 1.0), (2, 0.0)]
+    assert [c.after_s for c in gov.changes] == [12.0, 24.0]  # seconds since the threads were chosen
+
+
+def test_thread_changes_reach_the_runs_compute_record(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """compute.json keeps the start-up choice and, at the end of the run, every change that followed."""
+    from miro.lit.threads import KeepThreadsFitting
+    from miro.utils import hardware
+    from miro.utils.hardware import ThreadGovernor
+
+    record = tmp_path / "compute.json"
+    record.write_text(json.dumps({"threads": 2, "threads_reason": "auto"}))
+    trainer = SimpleNamespace(is_global_zero=True)
+    callback = KeepThreadsFitting(record)
+    callback.on_train_end(trainer, None)  # no governor (threads asked for): the record is left alone
+    assert json.loads(record.read_text()) == {"threads": 2, "threads_reason": "auto"}
+    gov = ThreadGovernor(2, 2, sample=lambda: None, clock=lambda: 0.0, set_threads=lambda n: None)
+    gov.changes.append(hardware.ThreadChange(1, 1.02, 35.0))
+    monkeypatch.setattr(hardware, "_governor", gov)
+    assert hardware.thread_changes() == [{"threads": 1, "others_busy_cores": 1.02, "after_s": 35.0}]
+    callback.on_train_end(trainer, None)
+    assert json.loads(record.read_text()) == {
+        "threads": 2, "threads_reason": "auto",
+        "thread_changes": [{"threads": 1, "others_busy_cores": 1.02, "after_s": 35.0}],
+    }  # fmt: skip
+    assert not list(tmp_path.glob("*.tmp"))
 
 
 def test_only_measured_auto_threads_are_governed(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -34,7 +34,7 @@ from miro.eval.geneval import check_run_record, summarise, write_summary
 from miro.eval.report import write_report
 from miro.eval.runner import EvalSettings, Evaluator
 from miro.model_card import record_evaluation
-from miro.pipeline import PRECISIONS, MiroPipeline, RewardSpecError, negative_targets
+from miro.pipeline import MODEL_DEFAULT, PRECISIONS, MiroPipeline, RewardSpecError, check_exported_request
 from miro.pretrained import CheckpointError, read_config
 from miro.rewards.base import RewardModel, UnknownRewardError
 from miro.scoring import ScoringConfigError, build_rewards, expand_reward_sets, reward_specs
@@ -161,7 +161,11 @@ def check_request(args: argparse.Namespace) -> tuple[Benchmark, list[str]]:
     if args.baseline:
         read_config(args.baseline)
     names = [str(n) for n in config["reward_names"]]
-    negative_targets(names, {}, args.negative_rewards, config.get("sampling", {}).get("guided_rewards"))
+    negative_prompt = MODEL_DEFAULT if args.negative_prompt is None else args.negative_prompt
+    check_exported_request(
+        args.checkpoint, config, args.targets, args.negative_rewards, push=args.push,
+        negative_prompt=negative_prompt, guidance=args.guidance, steps=args.steps,
+    )  # fmt: skip
     benchmark = build_benchmark_from_args(args, benchmark_name(args, config))
     rewards = reward_names(args.rewards, benchmark, names)
     if rewards:

@@ -26,8 +26,8 @@ from miro.pipeline import (
     TARGET_MAX,
     MiroPipeline,
     RewardSpecError,
+    check_exported_request,
     image_grid,
-    resolve_request,
 )
 from miro.pretrained import WEIGHTS, CheckpointError, file_hash, read_config
 from miro.rewards.base import available_rewards
@@ -177,14 +177,10 @@ def check_request(args: argparse.Namespace) -> tuple[list[str], dict[str, Any]]:
     check_out_dir(args.out)
     options = miro_sampling_options(args)
     config = read_config(args.checkpoint)  # the reward names and sampling defaults, without the model
-    names, sampling = [str(n) for n in config["reward_names"]], config.get("sampling") or {}
-    try:
-        resolve_request(names, sampling, {}, args.rewards, args.negative_rewards, guidance=args.guidance,
-                        steps=args.steps, **options)
-    except RewardSpecError:
-        raise
-    except (TypeError, ValueError) as err:  # the command line is checked above: the model's defaults
-        raise CheckpointError(f"{args.checkpoint}: config.json 'sampling': {err}") from None
+    check_exported_request(
+        args.checkpoint, config, args.rewards, args.negative_rewards, guidance=args.guidance,
+        steps=args.steps, **options,
+    )  # fmt: skip
     return prompts, options
 
 

@@ -133,18 +133,26 @@ def category_rows(
     return [*rows, overall]
 
 
+def mean_se(values: torch.Tensor) -> dict[str, float]:
+    """Mean and its standard error over the finite values (NaN = reward undefined for that image)."""
+    v = values.float()[~values.float().isnan()]
+    n = int(v.numel())
+    if n == 0:
+        return {"mean": float("nan"), "se": float("nan"), "n": 0}
+    se = float(v.std(unbiased=True)) / math.sqrt(n) if n > 1 else float("nan")
+    return {"mean": float(v.mean()), "se": se, "n": n}
+
+
 def metric_stats(metric: Metric, values: torch.Tensor) -> dict[str, float]:
     """``{NAME: mean, NAME_se: its standard error}`` of one metric over some images (means in float32, as
-    the scores are)."""
+    the scores are): binomial for a pass/fail metric (an undefined image counts as a fail), else
+    :func:`mean_se` over the defined images."""
     v = values.float()
     if metric.binary:
         p = float(v.nan_to_num(0.0).mean()) if v.numel() else float("nan")
         return {metric.name: p, f"{metric.name}_se": math.sqrt(p * (1 - p) / v.numel()) if v.numel() else p}
-    v = v[~v.isnan()]
-    n = int(v.numel())
-    mean = float(v.mean()) if n else float("nan")
-    se = float(v.std(unbiased=True)) / math.sqrt(n) if n > 1 else float("nan")
-    return {metric.name: mean, f"{metric.name}_se": se}
+    stats = mean_se(v)
+    return {metric.name: stats["mean"], f"{metric.name}_se": stats["se"]}
 
 
 # -- choosing a benchmark by name ---------------------------------------------------------------------

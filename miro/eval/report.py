@@ -107,6 +107,8 @@ def _header(res: EvalResults) -> list[str]:
         f"Guidance {g.get('guidance', 'n/a')}, "
         f"{g.get('steps', 'n/a')} Euler steps, {g.get('precision', 'n/a')}"
         + (f" on {g['threads']} thread(s) of an {g['cpu_kind']} CPU" if "threads" in g else "")
+        + (f" (threads=auto changed the count {len(g['thread_changes'])} time(s) with the machine's load)"
+           if g.get("thread_changes") else "")
         + f", seed {s['seed']}. "
         f"{res.images_generated} images generated in {res.seconds:.0f} s.",
         "",

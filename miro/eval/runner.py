@@ -32,10 +32,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from miro.eval.benchmark import Benchmark, BenchmarkItem, category_rows, metric_stats
+from miro.eval.benchmark import Benchmark, BenchmarkItem, category_rows, mean_se, metric_stats
 from miro.pipeline import MODEL_DEFAULT, TARGET_MAX, MiroPipeline, canonical_reward_name, parse_reward_spec
 from miro.rewards.base import RewardModel
-from miro.utils.hardware import cpu_info
+from miro.utils.hardware import cpu_info, thread_changes
 
 log = logging.getLogger(__name__)
 Progress = Callable[[int], None]
@@ -120,16 +120,6 @@ class EvalResults:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def mean_se(values: torch.Tensor) -> dict[str, float]:
-    """Mean and its standard error over the finite values (NaN = reward undefined for that image)."""
-    v = values.float()[~values.float().isnan()]
-    n = int(v.numel())
-    if n == 0:
-        return {"mean": float("nan"), "se": float("nan"), "n": 0}
-    se = float(v.std(unbiased=True)) / math.sqrt(n) if n > 1 else float("nan")
-    return {"mean": float(v.mean()), "se": se, "n": n}
 
 
 def paired_difference(high: torch.Tensor, low: torch.Tensor) -> dict[str, float]:
@@ -416,6 +406,7 @@ class Evaluator:
                 res.best_of_n["baseline"] = self.best_of_n(baseline)
         res.images_generated = self.images_generated
         res.seconds = time.perf_counter() - start
+        res.sampling["thread_changes"] = thread_changes()  # threads=auto followed the load (or [])
         return res
 
 

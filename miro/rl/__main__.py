@@ -62,7 +62,8 @@ def build(cfg: DictConfig) -> tuple[L.LightningModule, L.LightningDataModule, L.
             cfg.callbacks.checkpoint.every_n_train_steps = updates * int(cfg.checkpoint_every)
     # Always there, whatever the callbacks group says: a SIGTERM'd run must leave a resumable checkpoint.
     sigterm = CheckpointOnSigterm(Path(cfg.paths.output_dir) / "checkpoints")
-    callbacks = [*instantiate_group(cfg, "callbacks"), sigterm, KeepThreadsFitting()]
+    compute = Path(cfg.paths.output_dir) / "compute.json"
+    callbacks = [*instantiate_group(cfg, "callbacks"), sigterm, KeepThreadsFitting(compute)]
     loggers = instantiate_group(cfg, "logger")
     # The trainer's steps (checkpoints, logs, the stopping rule) count optimiser updates; an "epoch" of
     # `iterations` prompt batches makes the progress bar count iterations.

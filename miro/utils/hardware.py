@@ -25,6 +25,7 @@ import platform
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -265,6 +266,14 @@ def others_busy(first: CpuSample, second: CpuSample, cores: int, ticks_per_secon
     return max(0.0, cores * others / total)
 
 
+class ThreadChange(NamedTuple):
+    """One change of an ``auto`` thread count while a job ran (recorded with the run's compute record)."""
+
+    threads: int
+    others_busy_cores: float
+    after_s: float  # seconds since the job's threads were chosen
+
+
 class ThreadGovernor:
     """Keeps an ``auto`` thread count fitting the cores other processes leave free, while a job runs.
 
@@ -284,7 +293,8 @@ class ThreadGovernor:
         self.cores, self.threads, self.interval_s = cores, threads, interval_s
         self._sample, self._clock, self._set = sample, clock, set_threads
         self._last, self._last_time = sample(), clock()
-        self.changes: list[tuple[int, float]] = []  # (new threads, others' busy cores) per change
+        self._start = self._last_time
+        self.changes: list[ThreadChange] = []
 
     def poll(self) -> int | None:
         """The new thread count when it changed, else None (also when the interval has not passed)."""
@@ -301,7 +311,7 @@ class ThreadGovernor:
             return None
         self._set(wanted)
         self.threads = wanted
-        self.changes.append((wanted, round(busy, 2)))
+        self.changes.append(ThreadChange(wanted, round(busy, 2), round(now - self._start, 1)))
         return wanted
 
 
@@ -315,12 +325,18 @@ def keep_threads_fitting() -> int | None:
         return None
     changed = _governor.poll()
     if changed is not None:
-        busy = _governor.changes[-1][1]
+        busy = _governor.changes[-1].others_busy_cores
         log.info(
             "threads %d (auto: %.1f of %d cores busy with other processes now)",
             changed, busy, _governor.cores,
         )
     return changed
+
+
+def thread_changes() -> list[dict[str, float]]:
+    """The running command's thread-count changes so far (none when its threads were asked for), as
+    JSON-ready records: a run's compute record keeps the start-up choice *and* what followed."""
+    return [] if _governor is None else [change._asdict() for change in _governor.changes]
 
 
 def _ticks_per_second() -> float:

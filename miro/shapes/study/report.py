@@ -338,9 +338,15 @@ class Report:
         if g.seeds.n:
             se = "n/a" if not math.isfinite(g.se) else f"{g.se:.3f}"
             ratio = "n/a" if not math.isfinite(g.resolution) else f"{g.resolution:.2f}"
+            if not math.isfinite(g.se):
+                told = "no usable SE"
+            elif abs(g.seeds.mean) > 2 * g.se:
+                told = "a difference beyond 2 SE"
+            else:
+                told = "no difference shown (within 2 SE)"
             sec.verdicts["geneval"] = (
                 f"MIRO − baseline {short(g.seeds)} at step {steps[-1]}, paired (SE {se}; SE / the paper's "
-                f"relative gap at our level {ratio})"
+                f"relative gap at our level {ratio}): {told}"
             )
 
         def panels(names: Sequence[str]) -> dict[str, dict[str, list]]:
@@ -378,10 +384,19 @@ class Report:
             return []
         se = binomial_se(final.mean, images)
         gap = gap_se(se, final.n)  # MIRO's seed mean minus the baseline's, similar accuracies
+        conv = self.cfg.eval.convergence
+        earlier = conv.per_category * conv.samples_per_prompt * n_categories
+        before = ""
+        if earlier != images and earlier > 0:  # the curve's other points use fewer images
+            e_se = binomial_se(final.mean, earlier)
+            before = (
+                f" (at the earlier steps {earlier} images: about {e_se:.3f} and "
+                f"{gap_se(e_se, final.n):.3f})"
+            )  # fmt: skip
         return [
-            f"Sampling error: one evaluation scores {images} images, so an accuracy near "
+            f"Sampling error: one evaluation at the last step scores {images} images, so an accuracy near "
             f"{final.mean:.2f} has a binomial standard error of about {se:.3f}, and the gap between the "
-            f"two {final.n}-seed mean curves one of about {gap:.3f}; gaps under twice that, and the "
+            f"two {final.n}-seed mean curves one of about {gap:.3f}{before}; gaps under twice that, and the "
             "speed-ups read off them, are within the noise.",
             "",
         ]
@@ -431,7 +446,8 @@ class Report:
                 if metric == f"accuracy {OVERALL}" and f == fractions[-1]:
                     sec.verdicts["speedup"] = (
                         f"{_ratio(ratio)} on benchmark accuracy "
-                        f"(X = {x:.3f}: {_share(f)} the baseline's gain)"
+                        f"(X = {x:.3f}: {_share(f)} the baseline's gain; per seed "
+                        f"{', '.join(_ratio(p) for p in per_seed)}): {said}"
                         if ratio is not None
                         else f"n/a: {never} never reaches X = {x:.3f} on accuracy"
                     )
@@ -684,7 +700,8 @@ class Report:
                 *conclude([x for x in gaps if x.label.endswith(", accuracy")], self.fraction),
             ]
         best = max(rows, key=lambda r: float(r[1].split()[0]) if r[1] != "n/a" else -math.inf)
-        sec.verdicts["guidance"] = f"best accuracy with the negative branch '{best[0]}' ({best[1]})"
+        name = best[0].split(" (")[0]  # the variant's name, without its flags
+        sec.verdicts["guidance"] = f"best accuracy with the negative branch '{name}' ({best[1]})"
         n_seeds = len(self.seeds)
         panels = {"accuracy": [[_accuracy(by_scale[w][i]) for w in scales] for i in range(n_seeds)]}
         panels |= {
@@ -783,7 +800,8 @@ class Report:
             lines.append(
                 f"- {variant} − step, `{optimised}` after GRPO (paired by seed): {d.format()}: {verdict}."
             )
-            sec.verdicts.setdefault("grpo", f"{variant} − step: {short(d)}, {verdict}")
+            said = f"{variant} − step: {short(d)}, {verdict}"
+            sec.verdicts["grpo"] = f"{sec.verdicts['grpo']}; {said}" if "grpo" in sec.verdicts else said
         return [*lines, ""]
 
     def _last_profile(self) -> DictConfig:
@@ -973,6 +991,11 @@ class Report:
             + (f"; {wall / 60:.1f} minutes of wall time while at least one ran." if wall is not None
                else "."),
             "",
+            f"Precision {self.cfg.eval.precision} for the evaluations and the trainings' `precision: auto`: "
+            "bf16 autocast on a CPU that computes bf16 natively (AMX or AVX512-BF16, the machine's kind in "
+            "brackets above), fp32 on an AVX2-only CPU, where a training step of the demo model costs 2-3 "
+            "times as much (bench/results/demo_avx2.md).",
+            "",
         ]
 
     def commands(self, steps: Sequence[Step]) -> list[str]:
@@ -988,6 +1011,12 @@ class Report:
             f"{alone:<{width}}# the report alone, from the saved runs",
             "```",
             "",
+            *(
+                [f"In a fresh clone the saved runs are the committed `{self.cfg.archive}` (the files this "
+                 "report read, packed by `make report ARGS=--pack`): `make report` unpacks it and writes "
+                 "this file again from them.", ""]
+                if self.cfg.get("archive") else []
+            ),  # fmt: skip
             f"Training seeds: {seeds}. Evaluation seed: {self.cfg.eval.seed} (the same prompts and initial "
             f"noise for every model). Runs: `{self.layout.root}`. Every command, in order (the Makefile's "
             "stages; a command whose output exists is skipped):",

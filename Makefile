@@ -170,7 +170,8 @@ grpo-study: setup
 
 # The evidence study (miro/shapes/study/, conf/report.yaml): docs/results.md from the saved runs under
 # runs/evidence/<scale>; REPORT_RUN=1 first runs the missing ones through the stage targets above:
-# make report REPORT_RUN=1 (CPU scale: about 2 hours on 2 cores, two commands at a time, resumable),
+# make report REPORT_RUN=1 (CPU scale, resumable: 101 min measured on a 2-core AMX Xeon, bf16, two
+# commands x 1 thread; 2-3x that on an AVX2-only CPU in fp32),
 # make report REPORT_SCALE=gpu REPORT_RUN=1 on a GPU machine, REPORT_SCALE=test for a smoke run of a few
 # minutes; ARGS=--dry-run lists the steps, ARGS=--pack packs what the report read into
 # docs/results/runs-cpu.tar.gz (committed), which a fresh clone's make report unpacks and reports from.

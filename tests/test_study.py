@@ -760,3 +760,14 @@ def test_an_archive_that_is_not_packed_runs_writes_nothing(
     (tmp_path / "broken.tar.gz").write_bytes(b"not gzip")
     with pytest.raises(ArchiveError, match="cannot read it as the study's packed runs"):
         unpack(tmp_path / "broken.tar.gz", tmp_path / "runs")
+
+
+def test_a_damaged_manifest_leaves_the_parameter_count_unknown(tmp_path: Path) -> None:
+    from miro.shapes.study.results import packed_parameters
+
+    assert packed_parameters(tmp_path) is None  # runs not unpacked from an archive
+    (tmp_path / "pack.json").write_text('{"parameters": 2100000}')
+    assert packed_parameters(tmp_path) == 2100000
+    for bad in ("not json", "[1, 2]", '{"parameters": "many"}'):
+        (tmp_path / "pack.json").write_text(bad)
+        assert packed_parameters(tmp_path) is None

@@ -285,7 +285,11 @@ def packed_parameters(root: Path) -> int | None:
     path = root / MANIFEST
     if not path.is_file():
         return None
-    value = json.loads(path.read_text(encoding="utf-8")).get("parameters")
+    try:
+        value = json.loads(path.read_text(encoding="utf-8")).get("parameters")
+    except (ValueError, AttributeError) as err:  # not JSON, or not an object: the count is just unknown
+        log.warning("%s: cannot read the parameter count (%s)", path, err)
+        return None
     return value if isinstance(value, int) else None
 
 

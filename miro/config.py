@@ -76,12 +76,10 @@ def write_compute_record(cfg: DictConfig, record: dict) -> Path:
     """``<output_dir>/compute.json``: the CPU, precision and threads this run computed with, and why."""
     import json
 
-    out = Path(cfg.paths.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / "compute.json"
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(record, indent=2) + "\n")
-    tmp.replace(path)
+    from miro.data.shards import write_bytes_atomic
+
+    path = Path(cfg.paths.output_dir) / "compute.json"
+    write_bytes_atomic(path, (json.dumps(record, indent=2) + "\n").encode())
     return path
 
 

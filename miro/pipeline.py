@@ -35,7 +35,7 @@ from torch import nn
 
 from miro.flow.guidance import GuidanceSchedule, SelfConditionedCalls, guided_velocity_fn, snap_to_level
 from miro.flow.sampling import VelocityFn, sample_euler
-from miro.pretrained import Pretrained, load_pretrained
+from miro.pretrained import CheckpointError, Pretrained, load_pretrained
 from miro.utils.hardware import PRECISION_CHOICES, keep_threads_fitting, resolve_precision
 
 TARGET_MAX = 10.0
@@ -278,8 +278,6 @@ def check_exported_request(
     scale), by the same :func:`resolve_request` that sampling calls, so the early check and the sampler
     cannot disagree. A bad request is a RewardSpecError; bad sampling defaults in config.json are the
     model directory's fault (CheckpointError naming it)."""
-    from miro.pretrained import CheckpointError
-
     names, sampling = [str(n) for n in config["reward_names"]], config.get("sampling") or {}
     try:
         resolve_request(names, sampling, {}, rewards, negative_rewards, **options)

@@ -17,6 +17,7 @@ from typing import Any
 
 import lightning as L
 
+from miro.data.shards import write_bytes_atomic
 from miro.utils.hardware import keep_threads_fitting, thread_changes
 
 
@@ -45,6 +46,4 @@ class KeepThreadsFitting(L.Callback):
             return
         record = json.loads(path.read_text(encoding="utf-8"))
         record["thread_changes"] = changes
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-        tmp.replace(path)
+        write_bytes_atomic(path, (json.dumps(record, indent=2) + "\n").encode())

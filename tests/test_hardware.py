@@ -30,6 +30,14 @@ AVX512_BF16 = cpu("AVX512", "avx2", "avx512f", "avx512_bf16")
 AMX = cpu("AVX512", "avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
 
 
+@pytest.fixture(autouse=True)
+def _no_isa_cap(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fake CPUs above decide alone: a caller's ONEDNN_MAX_CPU_ISA (set to emulate an AVX2 machine on
+    a bigger one, docs/machines.md) would otherwise turn the fake AMX's native bf16 off. Tests of the cap
+    set it themselves."""
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+
+
 @pytest.mark.parametrize(("info", "kind", "native"), [
     (AVX2, "AVX2", False),
     (AVX512, "AVX512", False),
